@@ -1,0 +1,10 @@
+"""slimkit: structured compression of Hugging Face causal LMs into smaller checkpoints that load."""
+
+__version__ = "0.1.0"
+
+from slimkit.api import CompressionRequest, CompressionResult, compress
+from slimkit.calibration import CalibrationSpec
+from slimkit.evaluate import EvalSpec
+from slimkit.layerwise import LayerTarget
+
+__all__ = ["CalibrationSpec", "CompressionRequest", "CompressionResult", "EvalSpec", "LayerTarget", "compress"]

@@ -1,0 +1,127 @@
+"""Command line: `slimkit compress MODEL --ratio 0.3 --out DIR` and `slimkit eval DIR`.
+
+Exit codes: 0 success, 2 bad input or unsupported model (the message says which lever to pull),
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slimkit.api import CompressionRequest, compress, resolve_device
+from slimkit.calibration import CalibrationSpec
+from slimkit.errors import SlimError
+from slimkit.evaluate import EvalSpec, eval_windows, perplexity
+from slimkit.methods import METHODS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress a model (local folder or Hub id) into DIR")
+    c.add_argument("model")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--method", default="intraslice", choices=sorted(METHODS))
+    c.add_argument("--ratio", type=float, default=0.3, help="fraction of decoder attention+MLP params to remove")
+    c.add_argument("--revision")
+    c.add_argument("--calib-text", default="wikitext2_valid", help="file, wikitext2_valid, or hf://datasets/...")
+    c.add_argument("--samples", type=int, default=64)
+    c.add_argument("--seq-len", type=int, default=512)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--dtype", help="load weights in this dtype, e.g. bfloat16 (default: as stored)")
+    c.add_argument("--batch-size", type=int, default=8)
+    _eval_args(c)
+    c.add_argument("--no-eval", action="store_true", help="skip perplexity before/after")
+    c.add_argument("--no-verify", action="store_true", help="skip the reload check")
+
+    e = sub.add_parser("eval", help="perplexity of a model folder (compressed or not)")
+    e.add_argument("model", type=Path)
+    e.add_argument("--device", default="auto")
+    _eval_args(e)
+    return parser
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-text", default="wikitext2_test")
+    p.add_argument("--eval-seq-len", type=int, default=512)
+    p.add_argument("--eval-max-tokens", type=int, default=65536, help="cap on evaluated tokens (0: no cap)")
+
+
+def _eval_spec(args: argparse.Namespace) -> EvalSpec:
+    return EvalSpec(args.eval_text, args.eval_seq_len, args.eval_max_tokens or None)
+
+
+def _summary(record: dict) -> str:
+    before, after = record["params_before"], record["params_after"]
+    ratio, metrics, t = record["ratio_achieved"], record["metrics"], record["timings_s"]
+    lines = [
+        f"method       {record['recipe']['method']} (target ratio {record['recipe']['ratio']:.2f}), "
+        f"format {record['format']}",
+        f"attn+MLP     {before['attention_mlp']:,} -> {after['attention_mlp']:,} params "
+        f"({ratio['attention_mlp']:.1%} removed)",
+        f"no embedding {before['without_embeddings']:,} -> {after['without_embeddings']:,} "
+        f"({ratio['without_embeddings']:.1%})",
+        f"whole model  {before['total']:,} -> {after['total']:,} ({ratio['total']:.1%})",
+        f"KV cache     {record['kv_cache_bytes_per_token_fp16']['before']:,} -> "
+        f"{record['kv_cache_bytes_per_token_fp16']['after']:,} bytes/token (fp16)",
+    ]
+    if "perplexity_before" in metrics:
+        lines.append(
+            f"perplexity   {metrics['perplexity_before']:.3f} -> {metrics['perplexity_after']:.3f} "
+            f"({metrics['evaluation']['text']}, {metrics['evaluation']['tokens']:,} tokens)"
+        )
+    lines.append("time         " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "compress":
+            request = CompressionRequest(
+                model=args.model,
+                method=args.method,
+                ratio=args.ratio,
+                revision=args.revision,
+                calibration=CalibrationSpec(args.calib_text, args.samples, args.seq_len, args.seed),
+                evaluation=None if args.no_eval else _eval_spec(args),
+                device=args.device,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                verify=not args.no_verify,
+            )
+            result = compress(request, args.out)
+            print(_summary(result.record))
+            print(f"saved to {result.out_dir}")
+        else:
+            from transformers import AutoTokenizer
+
+            from slimkit.export import load_compressed
+
+            model = load_compressed(args.model)
+            windows = eval_windows(AutoTokenizer.from_pretrained(args.model), _eval_spec(args))
+            ppl = perplexity(model, windows, resolve_device(args.device), show_progress=True)
+            print(
+                json.dumps(
+                    {
+                        "model": str(args.model),
+                        "perplexity": ppl,
+                        "tokens": int(windows.numel()),
+                        "text": args.eval_text,
+                        "seq_len": args.eval_seq_len,
+                    }
+                )
+            )
+    except SlimError as err:
+        print(f"error [{err.code}]: {err.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

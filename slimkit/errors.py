@@ -1,0 +1,51 @@
+"""Errors the engine raises on purpose, each with a stable machine-readable code.
+
+The job service copies `code` into the failed job's `error.code`; the message is for humans and names the
+lever to pull (a supported architecture, a valid ratio, a safetensors revision).
+"""
+
+from __future__ import annotations
+
+
+class SlimError(Exception):
+    """Base class: a failure the user can act on, as opposed to a bug."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(SlimError):
+    code = "invalid_argument"
+
+
+class UnsupportedArchitecture(SlimError):
+    code = "unsupported_architecture"
+
+
+class NoSafetensors(SlimError):
+    code = "no_safetensors"
+
+
+class ModelNotFound(SlimError):
+    code = "model_not_found"
+
+
+class RevisionNotFound(SlimError):
+    code = "revision_not_found"
+
+
+class GatedOrUnauthorized(SlimError):
+    code = "gated_or_unauthorized"
+
+
+class ReloadMismatch(SlimError):
+    code = "reload_mismatch"
+
+
+class Cancelled(SlimError):
+    """Raised between layers when the caller's cancel check says stop."""
+
+    code = "cancelled"

@@ -1,0 +1,163 @@
+"""Sequential layer-by-layer compression driver (algorithms.md §3.2, §9.2).
+
+The model stays on CPU; one decoder layer at a time moves to the target device. Layer-0 inputs are the
+embeddings of the calibration windows, computed once. Each layer is compressed attention first, then MLP
+(whose statistics are collected *through the already-pruned attention*), and its outputs are recomputed
+with the pruned layer before they feed the next layer, so every layer corrects for the error of the ones
+before it (sequential error propagation, as in SliceGPT and IntraSlice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from accelerate import init_empty_weights
+from tqdm.auto import tqdm
+
+from slimkit.errors import Cancelled
+from slimkit.modeling.modeling_slim import SlimConfig, SlimDecoderLayer, SlimForCausalLM
+from slimkit.shapes import Shape, get_shapes, set_shape
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerTarget:
+    """Fractions of one layer's attention and MLP parameters to remove."""
+
+    attention: float
+    mlp: float
+
+
+@dataclass
+class LayerContext:
+    """Everything a method needs to compress one layer; `layer` is on `device` in `dtype`."""
+
+    layer: SlimDecoderLayer
+    index: int
+    config: SlimConfig
+    inputs: torch.Tensor  # (n, T, d) layer inputs, in `dtype`
+    token_mask: torch.Tensor  # (n, T) bool: False on padding, excluded from every statistic
+    cos: torch.Tensor  # (1, T, d_h) RoPE tables at the original head width
+    sin: torch.Tensor
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """(x (b, T, d), valid (b, T) bool, additive attention mask or None) on the device."""
+        for start in range(0, self.inputs.shape[0], self.batch_size):
+            x = self.inputs[start : start + self.batch_size].to(self.device, self.dtype)
+            valid = self.token_mask[start : start + self.batch_size].to(self.device)
+            yield x, valid, padding_mask(valid, self.dtype)
+
+    @property
+    def shape(self) -> Shape:
+        return get_shapes(self.config)[self.index]
+
+
+def padding_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """Causal + key-padding additive mask (b, 1, T, T), or None when no token is padding."""
+    if bool(valid.all()):
+        return None
+    T = valid.shape[1]
+    keep = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()[None, None] & valid[:, None, None, :]
+    keep = keep | ~keep.any(-1, keepdim=True)
+    return torch.zeros(keep.shape, dtype=dtype, device=valid.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+@dataclass
+class Replacement:
+    """A method's answer for one module: new tensors (canonical names, layer-relative) and the new shape."""
+
+    state: StateDict
+    shape: Shape
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class LayerMethod(Protocol):
+    """What the driver needs from a method: compress the attention, then the MLP, of one layer."""
+
+    name: str
+
+    def prune_attention(self, ctx: LayerContext, ratio: float) -> Replacement: ...
+
+    def prune_mlp(self, ctx: LayerContext, ratio: float) -> Replacement: ...
+
+
+def rebuild_layer(ctx: LayerContext, replacement: Replacement, store_dtype: torch.dtype) -> SlimDecoderLayer:
+    """A fresh layer of the new shape holding the old tensors overridden by the replacement's, cast once."""
+    set_shape(ctx.config, ctx.index, replacement.shape)
+    state = {k: v.detach() for k, v in ctx.layer.state_dict().items()}
+    state.update(replacement.state)
+    with init_empty_weights(include_buffers=False):
+        layer = SlimDecoderLayer(ctx.config, ctx.index)
+    # Cast once to the stored dtype, then compute with exactly the weights that will be saved.
+    layer.load_state_dict({k: v.to(ctx.device, store_dtype) for k, v in state.items()}, assign=True)
+    return layer.to(ctx.device, ctx.dtype).eval()
+
+
+@torch.no_grad()
+def run_layer(ctx: LayerContext, layer: SlimDecoderLayer) -> torch.Tensor:
+    """The layer's outputs for all calibration inputs, stored like the inputs."""
+    outputs = torch.empty_like(ctx.inputs)
+    start = 0
+    for x, _, mask in ctx.batches():
+        out = layer(x, ctx.cos, ctx.sin, mask)
+        outputs[start : start + x.shape[0]] = out.to(outputs.device, outputs.dtype)
+        start += x.shape[0]
+    return outputs
+
+
+@torch.no_grad()
+def compress_model(
+    model: SlimForCausalLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    method: LayerMethod,
+    targets: list[LayerTarget],
+    device: torch.device,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Compress every decoder layer of `model` in place; returns one report per layer."""
+    config = model.config
+    store_dtype = model.model.embed_tokens.weight.dtype
+    # CPU kernels for half precision are slow and inexact: compute in fp32 there, in the model dtype on GPUs.
+    compute_dtype = torch.float32 if device.type == "cpu" else store_dtype
+    storage = device if device.type == "cuda" else torch.device("cpu")
+    inputs = model.model.embed_tokens(input_ids.to(model.device)).to(storage, compute_dtype)  # (n, T, d)
+    positions = torch.arange(input_ids.shape[1], device=device)[None]
+    rotary = model.model.rotary_emb.to(device)
+    cos, sin = rotary(inputs[:1].to(device), positions)
+    token_mask = attention_mask.bool().to(storage)
+    reports = []
+    layers = model.model.layers
+    bar = tqdm(range(len(layers)), desc=f"{method.name}", unit="layer", disable=not show_progress)
+    for i in bar:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled(f"cancelled before layer {i}")
+        layer = layers[i].to(device, compute_dtype)
+        ctx = LayerContext(layer, i, config, inputs, token_mask, cos, sin, device, compute_dtype, batch_size)
+        attn = method.prune_attention(ctx, targets[i].attention)
+        ctx.layer = rebuild_layer(ctx, attn, store_dtype)
+        mlp = method.prune_mlp(ctx, targets[i].mlp)
+        ctx.layer = rebuild_layer(ctx, mlp, store_dtype)
+        inputs = run_layer(ctx, ctx.layer)
+        layers[i] = ctx.layer.to("cpu", store_dtype)
+        reports.append(
+            {
+                "layer": i,
+                **{f"attention_{k}": v for k, v in attn.report.items()},
+                **{f"mlp_{k}": v for k, v in mlp.report.items()},
+            }
+        )
+        if progress is not None:
+            progress(i + 1, len(layers))
+    rotary.to("cpu")
+    return reports

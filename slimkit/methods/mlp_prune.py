@@ -1,0 +1,71 @@
+"""MLP compression for one layer: keep the top channels of the down_proj input (§3.4, P2).
+
+A selection of gate/up rows commutes with SiLU(gate) ⊙ up, so the compressed side stays exact; the
+dense reconstruction of the dropped channels is folded into down_proj by least squares (Nyström), which
+adds no parameter. Statistics are gathered through the layer's *already pruned* attention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slimkit.layerwise import LayerContext, Replacement
+from slimkit.linalg import nystrom_compensation, reconstruction_error
+from slimkit.methods.attention_stats import accumulate
+from slimkit.shapes import mlp_params
+
+ROUND = 8  # drop channels in multiples of 8: tensor-core friendly widths
+
+
+@torch.no_grad()
+def collect_mlp_moment(ctx: LayerContext) -> torch.Tensor:
+    """H = Σ a aᵀ over down_proj inputs a = act(gate(u)) ⊙ up(u), float64 (I, I)."""
+    layer = ctx.layer
+    width = layer.mlp.down_proj.in_features
+    H = torch.zeros(width, width, dtype=torch.float64, device=ctx.device)
+    for x, valid, mask in ctx.batches():
+        h = x + layer.self_attn(layer.input_layernorm(x), ctx.cos, ctx.sin, mask)
+        u = layer.post_attention_layernorm(h)
+        a = layer.mlp.act_fn(layer.mlp.gate_proj(u)) * layer.mlp.up_proj(u)
+        accumulate(H, a[valid])
+    return H
+
+
+def dropped_channels(width: int, ratio: float) -> int:
+    return min(width - 1, round(width * ratio) // ROUND * ROUND)
+
+
+def prune_mlp(ctx: LayerContext, ratio: float, score: str, compensate: bool) -> Replacement:
+    """score: "energy" (H_cc ‖W_d[:, c]‖², IntraSlice) or "wanda" (‖h_c‖ Σ_i |W_d[i, c]|, Wanda-sp)."""
+    mlp, shape = ctx.layer.mlp, ctx.shape
+    width = mlp.down_proj.in_features
+    drop = dropped_channels(width, ratio)
+    report = {"params_before": mlp_params(shape, ctx.config)}
+    if drop == 0:
+        return Replacement({}, shape, report | {"params_after": report["params_before"]})
+    H = collect_mlp_moment(ctx)
+    W_d = mlp.down_proj.weight.double()  # (d, I)
+    if score == "energy":
+        scores = H.diagonal() * W_d.pow(2).sum(0)
+    else:
+        scores = H.diagonal().clamp_min(0).sqrt() * W_d.abs().sum(0)
+    keep = scores.topk(width - drop).indices.sort().values
+    select = torch.eye(width, dtype=torch.float64, device=H.device)[:, keep]  # (I, K)
+    W_plain = W_d[:, keep]
+    report["error_plain"] = reconstruction_error(W_d, H, W_plain, select, H, H)
+    if compensate:
+        W_new = nystrom_compensation(W_d, H, keep)
+        report["error_compensated"] = reconstruction_error(W_d, H, W_new, select, H, H)
+    else:
+        W_new = W_plain
+    state = {
+        "mlp.gate_proj.weight": mlp.gate_proj.weight.double()[keep],
+        "mlp.up_proj.weight": mlp.up_proj.weight.double()[keep],
+        "mlp.down_proj.weight": W_new,
+    }
+    if mlp.gate_proj.bias is not None:
+        state["mlp.gate_proj.bias"] = mlp.gate_proj.bias.double()[keep]
+        state["mlp.up_proj.bias"] = mlp.up_proj.bias.double()[keep]
+    new_shape = dict(shape, intermediate_size=width - drop)
+    report["params_after"] = mlp_params(new_shape, ctx.config)
+    return Replacement(state, new_shape, report)
