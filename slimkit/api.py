@@ -78,6 +78,7 @@ class CompressionResult:
     out_dir: Path
     format: str  # "stock" or "slim"
     record: dict[str, Any]  # the contents of compression.json
+    model: torch.nn.Module  # the compressed model, in memory (on CPU)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,7 +187,7 @@ def compress(
         lap("verify")
     record["timings_s"] = timings
     (Path(out_dir) / "compression.json").write_text(json.dumps({**record, "format": fmt}, indent=2) + "\n")
-    return CompressionResult(Path(out_dir), fmt, {**record, "format": fmt})
+    return CompressionResult(Path(out_dir), fmt, {**record, "format": fmt}, model)
 
 
 @torch.no_grad()

@@ -93,13 +93,18 @@ def _stock_model(model: SlimForCausalLM, source: SourceModel) -> torch.nn.Module
     return stock
 
 
-def save_compressed(model: SlimForCausalLM, source: SourceModel, out_dir: Path, recipe: dict[str, Any]) -> str:
-    """Save weights, config, tokenizer and `compression.json`; returns "stock" or "slim"."""
+def save_compressed(
+    model: SlimForCausalLM, source: SourceModel, out_dir: Path, recipe: dict[str, Any], fmt: str = "auto"
+) -> str:
+    """Save weights, config, tokenizer and `compression.json`; returns the format written.
+
+    fmt: "auto" (stock when the shapes allow it, else slim) or "slim" (always ship the modeling file).
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        stock = _stock_model(model, source)
+        stock = _stock_model(model, source) if fmt == "auto" else None
         if stock is not None:
             stock.save_pretrained(tmp)
             fmt = "stock"

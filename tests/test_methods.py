@@ -1,0 +1,80 @@
+"""Method behaviour: least squares must help, budgets must be met, baselines must differ from IntraSlice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from slimkit.calibration import CalibrationSpec, build_calibration
+from slimkit.layerwise import LayerTarget, compress_model
+from slimkit.loading import load_source
+from slimkit.methods import METHODS, method_for
+from slimkit.methods.head_plan import plan_for_budget, search_plan
+from slimkit.shapes import get_shapes, param_counts
+
+
+def run(path: Path, method: str, ratio: float = 0.3, samples: int = 8):
+    source = load_source(str(path))
+    batch = build_calibration(AutoTokenizer.from_pretrained(path), CalibrationSpec(samples=samples, seq_len=64))
+    targets = [LayerTarget(ratio, ratio)] * source.model.config.num_hidden_layers
+    reports = compress_model(source.model, batch.input_ids, batch.attention_mask, method_for(method), targets,
+                             torch.device("cpu"), show_progress=False)
+    return source.model, reports
+
+
+def test_least_squares_lowers_every_layers_error(tiny_model: Path) -> None:
+    _, reports = run(tiny_model, "intraslice")
+    for r in reports:
+        assert r["attention_error_compensated"] < r["attention_error_plain"], r
+        assert r["mlp_error_compensated"] < r["mlp_error_plain"], r
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_meets_the_same_budget(tiny_llama_gqa: Path, method: str) -> None:
+    model, _ = run(tiny_llama_gqa, method)
+    shapes = get_shapes(model.config)
+    assert all(s["intermediate_size"] == 256 - 72 for s in shapes)  # round(76.8) -> 72: multiple of 8
+    assert all(s["qk_head_dim"] % 2 == 0 for s in shapes)
+    ratio = 1 - param_counts(model)["attention_mlp"] / (2 * (2 * 128 * 128 + 2 * 128 * 32 + 3 * 128 * 256))
+    assert 0.25 <= ratio <= 0.33
+
+
+def test_intraslice_and_wanda_choose_differently(tiny_llama_gqa: Path, sample_ids: torch.Tensor) -> None:
+    a, _ = run(tiny_llama_gqa, "intraslice")
+    b, _ = run(tiny_llama_gqa, "wanda-sp")
+    with torch.no_grad():
+        assert not torch.allclose(a(sample_ids).logits, b(sample_ids).logits)
+
+
+def test_head_plan_deletes_starved_heads_and_keeps_even_width() -> None:
+    # 4 heads of width 16; head 3 gets almost none of the top channels and has the least spectral mass.
+    spectra = torch.tensor([[8.0] * 16, [6.0] * 16, [4.0] * 16, [0.1] * 16], dtype=torch.float64)
+    cum = torch.cat([torch.zeros(4, 1, dtype=torch.float64), spectra.cumsum(1)], 1)
+    plan = plan_for_budget(K=44, counts=[16, 16, 12, 0], spectra_cum=cum, head_dim=16, kv_of=[0, 0, 1, 1])
+    assert 3 not in plan.heads
+    assert plan.width % 2 == 0 and plan.width <= 16
+    assert plan.kv_heads == (0, 1)
+
+
+def test_head_plan_width_floor() -> None:
+    # A budget of half the channels must not give every head half its width: heads go instead.
+    spectra = torch.ones(8, 16, dtype=torch.float64)
+    cum = torch.cat([torch.zeros(8, 1, dtype=torch.float64), spectra.cumsum(1)], 1)
+    plan = plan_for_budget(K=64, counts=[8] * 8, spectra_cum=cum, head_dim=16, kv_of=list(range(8)))
+    assert plan.width >= 12 and len(plan.heads) * plan.width <= 64 + 2 * len(plan.heads)
+
+
+def test_search_plan_hits_parameter_target() -> None:
+    torch.manual_seed(0)
+    n_h, d_h, hidden = 8, 16, 128
+    scores = torch.rand(n_h * d_h, dtype=torch.float64)
+    spectra = scores.view(n_h, d_h).sort(1, descending=True).values
+    full = 2 * hidden * d_h * (n_h + 2)
+    for ratio in (0.1, 0.3, 0.5):
+        plan = search_plan(scores, spectra, [i // 4 for i in range(n_h)], round((1 - ratio) * full), hidden,
+                           False, False)
+        params = 2 * hidden * plan.width * (len(plan.heads) + len(plan.kv_heads))
+        assert abs(params - (1 - ratio) * full) <= 2 * 2 * hidden * (len(plan.heads) + len(plan.kv_heads))

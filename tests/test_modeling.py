@@ -1,0 +1,54 @@
+"""The shipped modeling file on its own: padding, KV cache and uneven GQA groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from slimkit.layerwise import LayerTarget, compress_model
+from slimkit.loading import load_source
+
+
+def compressed(path: Path) -> torch.nn.Module:
+    source = load_source(str(path))
+    ids = torch.randint(0, 8192, (8, 64), generator=torch.Generator().manual_seed(0))
+    from slimkit.methods import method_for
+
+    compress_model(source.model, ids, torch.ones_like(ids), method_for("intraslice"),
+                   [LayerTarget(0.4, 0.4)] * source.model.config.num_hidden_layers, torch.device("cpu"),
+                   show_progress=False)
+    return source.model
+
+
+def test_uneven_gqa_groups_survive(tiny_llama_gqa: Path) -> None:
+    model = compressed(tiny_llama_gqa)
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        assert attn.num_heads < 8  # heads were deleted individually ...
+        counts = torch.bincount(attn.kv_index, minlength=attn.num_kv_heads)
+        assert int(counts.min()) >= 1  # ... and every kept KV head still serves a query head
+
+
+def test_left_padding_gives_the_same_next_token_logits(tiny_llama_gqa: Path) -> None:
+    model = compressed(tiny_llama_gqa)
+    short = torch.randint(0, 8192, (1, 10), generator=torch.Generator().manual_seed(2))
+    long = torch.randint(0, 8192, (1, 16), generator=torch.Generator().manual_seed(3))
+    batch = torch.cat([torch.cat([torch.zeros(1, 6, dtype=torch.long), short], 1), long])
+    mask = torch.ones_like(batch)
+    mask[0, :6] = 0
+    position_ids = (mask.cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        batched = model(batch, attention_mask=mask, position_ids=position_ids).logits[:, -1]
+        alone = torch.cat([model(short).logits[:, -1], model(long).logits[:, -1]])
+    assert float((batched - alone).abs().max()) <= 1e-4
+
+
+def test_incremental_decoding_matches_full_forward(tiny_llama_gqa: Path) -> None:
+    model = compressed(tiny_llama_gqa)
+    ids = torch.randint(0, 8192, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :12], use_cache=True)
+        step = model(ids[:, 12:], past_key_values=out.past_key_values, use_cache=True).logits
+    assert float((full[:, 12:] - step).abs().max()) <= 1e-4
