@@ -52,3 +52,25 @@ def test_incremental_decoding_matches_full_forward(tiny_llama_gqa: Path) -> None
         out = model(ids[:, :12], use_cache=True)
         step = model(ids[:, 12:], past_key_values=out.past_key_values, use_cache=True).logits
     assert float((full[:, 12:] - step).abs().max()) <= 1e-4
+
+
+def test_phi3_longrope_matches_stock_at_short_and_long_lengths(tmp_path: Path) -> None:
+    import transformers as T
+    from transformers import AutoModelForCausalLM
+
+    half = 48  # head_dim 96
+    config = T.Phi3Config(
+        vocab_size=512, hidden_size=384, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=1024, original_max_position_embeddings=64, pad_token_id=0,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "short_factor": [1.0 + 0.01 * i for i in range(half)],
+                         "long_factor": [1.0 + 0.1 * i for i in range(half)]},
+    )
+    torch.manual_seed(0)
+    T.Phi3ForCausalLM(config).save_pretrained(tmp_path)
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    slim = load_source(str(tmp_path)).model
+    for length in (32, 100):  # below and above original_max_position_embeddings: short and long factors
+        ids = torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            assert float((stock(ids).logits - slim(ids).logits).abs().max()) <= 1e-5
