@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -41,13 +42,13 @@ def _package_dir() -> Path:
 
 def _convert(out: Path) -> None:
     """De-quantize the GGUF file and save it as a safetensors bfloat16 checkpoint into `out`."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # effective only if huggingface_hub is not imported yet
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _package_dir()
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE, local_files_only=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, local_files_only=True)
     config = gguf_model.config
     # A GGUF-loaded model refuses save_pretrained; rebuild a plain model from the same config and weights.
     if hasattr(config, "quantization_config"):
@@ -57,6 +58,12 @@ def _convert(out: Path) -> None:
     model = model.to(torch.bfloat16).eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # The tokenizer serialises its load-time kwargs; drop the one that depends on how it was loaded.
+    tok_config = out / "tokenizer_config.json"
+    tok_config.write_text(
+        json.dumps({k: v for k, v in json.loads(tok_config.read_text()).items() if k != "local_files_only"}, indent=2)
+        + "\n"
+    )
 
 
 def ensure_smollm2(cache_dir: Path | None = None) -> Path:
@@ -70,6 +77,7 @@ def ensure_smollm2(cache_dir: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
     try:
         _convert(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         if target.exists():  # a stale incomplete folder from an older layout
             shutil.rmtree(target)
         try:

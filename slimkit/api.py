@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from slimkit import __version__
 from slimkit.calibration import CalibrationSpec, build_calibration
@@ -101,6 +102,25 @@ def compress(
     token: str | None = None,
     show_progress: bool = True,
 ) -> CompressionResult:
+    """Run the whole pipeline; `progress(stage, done, total)` is called as stages and layers advance."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    if not show_progress:
+        hf_logging.disable_progress_bar()  # transformers' own bars (writing shards, loading weights)
+    try:
+        return _compress(request, out_dir, progress, should_cancel, token, show_progress)
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _compress(
+    request: CompressionRequest,
+    out_dir: str | Path,
+    progress: Progress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    token: str | None = None,
+    show_progress: bool = True,
+) -> CompressionResult:
     request.validate()
     device = resolve_device(request.device)
     notify = progress or (lambda stage, done, total: None)
@@ -125,7 +145,7 @@ def compress(
     lap("calibrate")
     windows = eval_windows(tokenizer, request.evaluation) if request.evaluation else None
     metrics: dict[str, Any] = {}
-    if windows is not None:
+    if windows is not None and request.evaluation.dense:
         notify("evaluate_dense", 0, 1)
         metrics["perplexity_before"] = perplexity(model, windows, device, request.evaluation.batch_size)
         lap("evaluate_dense")
@@ -134,6 +154,7 @@ def compress(
     targets = request.layer_targets or [LayerTarget(request.ratio, request.ratio)] * model.config.num_hidden_layers
     if len(targets) != model.config.num_hidden_layers:
         raise InvalidArgument(f"{len(targets)} layer targets for {model.config.num_hidden_layers} layers")
+    notify("compress", 0, model.config.num_hidden_layers)
     layers = compress_model(
         model,
         calib.input_ids,

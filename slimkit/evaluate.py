@@ -25,6 +25,7 @@ class EvalSpec:
     seq_len: int = 512
     max_tokens: int | None = 65536
     batch_size: int = 4
+    dense: bool = True  # also evaluate the uncompressed model (skip when comparing many runs of one model)
 
 
 def eval_windows(tokenizer: PreTrainedTokenizerBase, spec: EvalSpec) -> torch.Tensor:
@@ -45,17 +46,31 @@ def perplexity(
     batch_size: int = 4,
     show_progress: bool = False,
 ) -> float:
-    """exp(mean next-token NLL) over all windows, computed batch by batch on `device`."""
-    was = next(model.parameters()).device
+    """exp(mean next-token NLL) over all windows, computed batch by batch on `device`.
+
+    On CPU, half-precision models are evaluated in float32 (as they are compressed there): CPU half
+    kernels are slow and round differently from GPU ones.
+    """
+    param = next(model.parameters())
+    was_device, was_dtype = param.device, param.dtype
     model.to(device)
+    if device.type == "cpu":
+        cast_parameters(model, torch.float32)
     total, count = 0.0, 0
     try:
         for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", disable=not show_progress):
             ids = windows[start : start + batch_size].to(device)
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-            total += float(nll)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]  # (b, T-1, V)
+            for row, target in zip(logits, ids[:, 1:], strict=True):  # fp32 upcast one row at a time
+                total += float(F.cross_entropy(row.float(), target, reduction="sum"))
             count += ids[:, 1:].numel()
     finally:
-        model.to(was)
+        cast_parameters(model, was_dtype)
+        model.to(was_device)
     return math.exp(total / count)
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast parameters only: `module.to(dtype)` would also round float32 buffers such as RoPE frequencies."""
+    for p in model.parameters():  # tied parameters are yielded once
+        p.data = p.data.to(dtype)

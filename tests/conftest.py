@@ -23,33 +23,63 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_CONFIGS = {
     # Llama-2 style multi-head attention
     "llama_mha": lambda: T.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=512,
     ),
     # Llama-3 style grouped-query attention with llama3 RoPE scaling
     "llama_gqa": lambda: T.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 128,
+        },
     ),
     # Qwen2: q/k/v bias, tied embeddings, GQA
     "qwen2": lambda: T.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=512,
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+        max_position_embeddings=512,
     ),
     # Phi-3: fused qkv_proj / gate_up_proj, head_dim 96
     "phi3": lambda: T.Phi3Config(
-        vocab_size=VOCAB, hidden_size=384, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=384,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=0,
     ),
 }
 
 
 def make_tokenizer() -> T.PreTrainedTokenizerFast:
     return T.PreTrainedTokenizerFast(
-        tokenizer_file=str(FIXTURES / "tokenizer" / "tokenizer.json"), eos_token="<|endoftext|>",
-        bos_token="<|endoftext|>", pad_token="<|pad|>",
+        tokenizer_file=str(FIXTURES / "tokenizer" / "tokenizer.json"),
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|pad|>",
     )
 
 

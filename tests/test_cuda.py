@@ -15,8 +15,13 @@ CALIB = CalibrationSpec(samples=8, seq_len=64)
 
 def test_cuda_matches_cpu_in_fp32(tiny_model: Path, tmp_path: Path, sample_ids: torch.Tensor) -> None:
     results = {
-        device: compress(CompressionRequest(model=str(tiny_model), ratio=0.3, calibration=CALIB, evaluation=None,
-                                            device=device, dtype="float32"), tmp_path / device, show_progress=False)
+        device: compress(
+            CompressionRequest(
+                model=str(tiny_model), ratio=0.3, calibration=CALIB, evaluation=None, device=device, dtype="float32"
+            ),
+            tmp_path / device,
+            show_progress=False,
+        )
         for device in ("cpu", "cuda")
     }
     assert results["cpu"].record["layer_shapes"] == results["cuda"].record["layer_shapes"]
@@ -26,7 +31,12 @@ def test_cuda_matches_cpu_in_fp32(tiny_model: Path, tmp_path: Path, sample_ids: 
 
 
 def test_cuda_bf16_compress_and_reload(tiny_model: Path, tmp_path: Path) -> None:
-    result = compress(CompressionRequest(model=str(tiny_model), ratio=0.3, calibration=CALIB, evaluation=None,
-                                         device="cuda", dtype="bfloat16"), tmp_path / "bf16", show_progress=False)
+    result = compress(
+        CompressionRequest(
+            model=str(tiny_model), ratio=0.3, calibration=CALIB, evaluation=None, device="cuda", dtype="bfloat16"
+        ),
+        tmp_path / "bf16",
+        show_progress=False,
+    )
     assert result.record["reload_max_abs_diff"] is not None
     assert next(result.model.parameters()).dtype == torch.bfloat16

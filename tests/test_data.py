@@ -42,5 +42,17 @@ def test_perplexity_matches_the_standard_protocol(tiny_llama_gqa: Path) -> None:
     with torch.no_grad():
         logits = model(windows).logits[:, :-1]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
-    assert math.isclose(perplexity(model, windows, torch.device("cpu"), batch_size=3), math.exp(float(nll)),
-                        rel_tol=1e-5)
+    assert math.isclose(
+        perplexity(model, windows, torch.device("cpu"), batch_size=3), math.exp(float(nll)), rel_tol=1e-5
+    )
+
+
+def test_perplexity_leaves_dtype_and_rope_buffers_alone(tiny_llama_gqa: Path) -> None:
+    from slimkit.loading import load_source
+
+    model = load_source(str(tiny_llama_gqa), dtype=torch.bfloat16).model
+    inv_freq = model.model.rotary_emb.inv_freq.clone()
+    perplexity(model, eval_windows(make_tokenizer(), EvalSpec(seq_len=32, max_tokens=64)), torch.device("cpu"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(model.model.rotary_emb.inv_freq, inv_freq)

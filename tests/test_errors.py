@@ -34,7 +34,7 @@ def test_ratio_out_of_range(tiny_llama_gqa: Path, tmp_path: Path, ratio: float) 
 
 
 def test_unknown_method(tiny_llama_gqa: Path, tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match="unknown method 'magic'.*intraslice"):
+    with pytest.raises(InvalidArgument, match=r"unknown method 'magic'.*intraslice"):
         compress(request(tiny_llama_gqa, method="magic"), tmp_path / "out")
     assert_nothing_written(tmp_path / "out")
 
@@ -43,7 +43,7 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     model = tmp_path / "gpt2"
     T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=8192)).save_pretrained(model)
     make_tokenizer().save_pretrained(model)
-    with pytest.raises(UnsupportedArchitecture, match="'gpt2'.*supported: llama, mistral, phi3, qwen2") as err:
+    with pytest.raises(UnsupportedArchitecture, match=r"'gpt2'.*supported: llama, mistral, phi3, qwen2") as err:
         compress(request(model), tmp_path / "out")
     assert err.value.code == "unsupported_architecture"
     assert_nothing_written(tmp_path / "out")
@@ -51,13 +51,14 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
 
 def test_pickle_only_model_is_refused(tmp_path: Path) -> None:
     model = tmp_path / "pickled"
-    cfg = T.LlamaConfig(vocab_size=8192, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                        num_attention_heads=2)
+    cfg = T.LlamaConfig(
+        vocab_size=8192, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
     T.LlamaForCausalLM(cfg).save_pretrained(model)
     (model / "model.safetensors").unlink()
     torch.save({"not": "loaded"}, model / "pytorch_model.bin")
     make_tokenizer().save_pretrained(model)
-    with pytest.raises(NoSafetensors, match="pytorch_model.bin") as err:
+    with pytest.raises(NoSafetensors, match=r"pytorch_model\.bin") as err:
         compress(request(model), tmp_path / "out")
     assert err.value.code == "no_safetensors"
     assert_nothing_written(tmp_path / "out")

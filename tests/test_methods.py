@@ -20,8 +20,15 @@ def run(path: Path, method: str, ratio: float = 0.3, samples: int = 8):
     source = load_source(str(path))
     batch = build_calibration(AutoTokenizer.from_pretrained(path), CalibrationSpec(samples=samples, seq_len=64))
     targets = [LayerTarget(ratio, ratio)] * source.model.config.num_hidden_layers
-    reports = compress_model(source.model, batch.input_ids, batch.attention_mask, method_for(method), targets,
-                             torch.device("cpu"), show_progress=False)
+    reports = compress_model(
+        source.model,
+        batch.input_ids,
+        batch.attention_mask,
+        method_for(method),
+        targets,
+        torch.device("cpu"),
+        show_progress=False,
+    )
     return source.model, reports
 
 
@@ -74,7 +81,8 @@ def test_search_plan_hits_parameter_target() -> None:
     spectra = scores.view(n_h, d_h).sort(1, descending=True).values
     full = 2 * hidden * d_h * (n_h + 2)
     for ratio in (0.1, 0.3, 0.5):
-        plan = search_plan(scores, spectra, [i // 4 for i in range(n_h)], round((1 - ratio) * full), hidden,
-                           False, False)
+        plan = search_plan(
+            scores, spectra, [i // 4 for i in range(n_h)], round((1 - ratio) * full), hidden, False, False
+        )
         params = 2 * hidden * plan.width * (len(plan.heads) + len(plan.kv_heads))
         assert abs(params - (1 - ratio) * full) <= 2 * 2 * hidden * (len(plan.heads) + len(plan.kv_heads))

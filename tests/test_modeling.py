@@ -15,9 +15,15 @@ def compressed(path: Path) -> torch.nn.Module:
     ids = torch.randint(0, 8192, (8, 64), generator=torch.Generator().manual_seed(0))
     from slimkit.methods import method_for
 
-    compress_model(source.model, ids, torch.ones_like(ids), method_for("intraslice"),
-                   [LayerTarget(0.4, 0.4)] * source.model.config.num_hidden_layers, torch.device("cpu"),
-                   show_progress=False)
+    compress_model(
+        source.model,
+        ids,
+        torch.ones_like(ids),
+        method_for("intraslice"),
+        [LayerTarget(0.4, 0.4)] * source.model.config.num_hidden_layers,
+        torch.device("cpu"),
+        show_progress=False,
+    )
     return source.model
 
 
@@ -60,11 +66,21 @@ def test_phi3_longrope_matches_stock_at_short_and_long_lengths(tmp_path: Path) -
 
     half = 48  # head_dim 96
     config = T.Phi3Config(
-        vocab_size=512, hidden_size=384, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=1024, original_max_position_embeddings=64, pad_token_id=0,
-        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
-                         "short_factor": [1.0 + 0.01 * i for i in range(half)],
-                         "long_factor": [1.0 + 0.1 * i for i in range(half)]},
+        vocab_size=512,
+        hidden_size=384,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        original_max_position_embeddings=64,
+        pad_token_id=0,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "short_factor": [1.0 + 0.01 * i for i in range(half)],
+            "long_factor": [1.0 + 0.1 * i for i in range(half)],
+        },
     )
     torch.manual_seed(0)
     T.Phi3ForCausalLM(config).save_pretrained(tmp_path)

@@ -36,8 +36,10 @@ def test_nothing_removed_reproduces_dense(tiny_model: Path, tmp_path: Path, samp
     assert written == ("stock" if fmt == "auto" else "slim")
     config = json.loads((out / "config.json").read_text())
     if written == "stock":  # loads with no custom code at all
-        assert "auto_map" not in config and config["model_type"] == json.loads(
-            (tiny_model / "config.json").read_text())["model_type"]
+        assert (
+            "auto_map" not in config
+            and config["model_type"] == json.loads((tiny_model / "config.json").read_text())["model_type"]
+        )
     reloaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=written == "slim").eval()
     with torch.no_grad():
         diff = (dense(sample_ids).logits - reloaded(sample_ids).logits).abs().max()
@@ -64,16 +66,23 @@ print(json.dumps({"diff": float((logits - tensors["logits"]).abs().max()),
 
 def test_compressed_reloads_in_fresh_process(tiny_model: Path, tmp_path: Path, sample_ids: torch.Tensor) -> None:
     out = tmp_path / "out"
-    result = compress(CompressionRequest(model=str(tiny_model), ratio=0.3, calibration=CALIB, evaluation=None,
-                                         device="cpu"), out, show_progress=False)
+    result = compress(
+        CompressionRequest(model=str(tiny_model), ratio=0.3, calibration=CALIB, evaluation=None, device="cpu"),
+        out,
+        show_progress=False,
+    )
     assert result.format == "slim"
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
     assert not list(out.glob("*.bin"))
     with torch.no_grad():
         logits = result.model(sample_ids).logits
     save_file({"ids": sample_ids, "logits": logits}, str(tmp_path / "ref.safetensors"))
-    run = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(out), str(tmp_path / "ref.safetensors")],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, str(out), str(tmp_path / "ref.safetensors")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["diff"] <= 1e-4
     assert report["generated"] == 12 and report["cache_agrees"]
