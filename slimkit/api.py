@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,112 +104,108 @@ def compress(
     show_progress: bool = True,
 ) -> CompressionResult:
     """Run the whole pipeline; `progress(stage, done, total)` is called as stages and layers advance."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    if not show_progress:
-        hf_logging.disable_progress_bar()  # transformers' own bars (writing shards, loading weights)
+    with transformers_progress_bars(show_progress):
+        request.validate()
+        device = resolve_device(request.device)
+        notify = progress or (lambda stage, done, total: None)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = round(now - clock, 3)
+            clock = now
+
+        notify("load", 0, 1)
+        source = load_source(
+            request.model, request.revision, getattr(torch, request.dtype) if request.dtype else None, token=token
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+        model = source.model
+        lap("load")
+        notify("calibrate", 0, 1)
+        calib = build_calibration(tokenizer, request.calibration)
+        lap("calibrate")
+        windows = eval_windows(tokenizer, request.evaluation) if request.evaluation else None
+        metrics: dict[str, Any] = {}
+        if windows is not None and request.evaluation.dense:
+            notify("evaluate_dense", 0, 1)
+            metrics["perplexity_before"] = perplexity(model, windows, device, request.evaluation.batch_size)
+            lap("evaluate_dense")
+        before = param_counts(model)
+        kv_before = kv_cache_bytes_per_token(model.config)
+        targets = request.layer_targets or [LayerTarget(request.ratio, request.ratio)] * model.config.num_hidden_layers
+        if len(targets) != model.config.num_hidden_layers:
+            raise InvalidArgument(f"{len(targets)} layer targets for {model.config.num_hidden_layers} layers")
+        notify("compress", 0, model.config.num_hidden_layers)
+        layers = compress_model(
+            model,
+            calib.input_ids,
+            calib.attention_mask,
+            method_for(request.method),
+            targets,
+            device,
+            request.batch_size,
+            progress=lambda i, n: notify("compress", i, n),
+            should_cancel=should_cancel,
+            show_progress=show_progress,
+        )
+        lap("compress")
+        after = param_counts(model)
+        if windows is not None:
+            notify("evaluate", 0, 1)
+            metrics["perplexity_after"] = perplexity(model, windows, device, request.evaluation.batch_size)
+            metrics["evaluation"] = asdict(request.evaluation) | {"tokens": int(windows.numel())}
+            lap("evaluate")
+        recipe = request.recipe()
+        record = {
+            "slimkit_version": __version__,
+            "source": {
+                "model": request.model,
+                "revision": source.revision or request.revision,
+                "model_type": source.config.model_type,
+            },
+            "recipe": recipe,
+            "recipe_sha256": hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(),
+            "calibration": calib.provenance,
+            "params_before": before,
+            "params_after": after,
+            "ratio_achieved": {
+                "attention_mlp": 1 - after["attention_mlp"] / before["attention_mlp"],
+                "without_embeddings": 1 - after["without_embeddings"] / before["without_embeddings"],
+                "total": 1 - after["total"] / before["total"],
+            },
+            "kv_cache_bytes_per_token_fp16": {"before": kv_before, "after": kv_cache_bytes_per_token(model.config)},
+            "layer_shapes": get_shapes(model.config),
+            "layers": layers,
+            "metrics": metrics,
+            "device": str(device),
+        }
+        notify("save", 0, 1)
+        record["timings_s"] = timings
+        fmt = save_compressed(model, source, Path(out_dir), record)
+        lap("save")
+        if request.verify:
+            notify("verify", 0, 1)
+            record["reload_max_abs_diff"] = verify_reload(model, Path(out_dir), calib.input_ids[:2, :64])
+            lap("verify")
+        record["timings_s"] = timings
+        (Path(out_dir) / "compression.json").write_text(json.dumps({**record, "format": fmt}, indent=2) + "\n")
+        return CompressionResult(Path(out_dir), fmt, {**record, "format": fmt}, model)
+
+
+@contextmanager
+def transformers_progress_bars(enabled: bool) -> Iterator[None]:
+    """Silence transformers' own bars (writing shards, loading weights) when the caller wants quiet."""
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
     try:
-        return _compress(request, out_dir, progress, should_cancel, token, show_progress)
+        yield
     finally:
-        if enabled:
+        if was:
             hf_logging.enable_progress_bar()
-
-
-def _compress(
-    request: CompressionRequest,
-    out_dir: str | Path,
-    progress: Progress | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-    token: str | None = None,
-    show_progress: bool = True,
-) -> CompressionResult:
-    request.validate()
-    device = resolve_device(request.device)
-    notify = progress or (lambda stage, done, total: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 3)
-        clock = now
-
-    notify("load", 0, 1)
-    source = load_source(
-        request.model, request.revision, getattr(torch, request.dtype) if request.dtype else None, token=token
-    )
-    tokenizer = AutoTokenizer.from_pretrained(source.path)
-    model = source.model
-    lap("load")
-    notify("calibrate", 0, 1)
-    calib = build_calibration(tokenizer, request.calibration)
-    lap("calibrate")
-    windows = eval_windows(tokenizer, request.evaluation) if request.evaluation else None
-    metrics: dict[str, Any] = {}
-    if windows is not None and request.evaluation.dense:
-        notify("evaluate_dense", 0, 1)
-        metrics["perplexity_before"] = perplexity(model, windows, device, request.evaluation.batch_size)
-        lap("evaluate_dense")
-    before = param_counts(model)
-    kv_before = kv_cache_bytes_per_token(model.config)
-    targets = request.layer_targets or [LayerTarget(request.ratio, request.ratio)] * model.config.num_hidden_layers
-    if len(targets) != model.config.num_hidden_layers:
-        raise InvalidArgument(f"{len(targets)} layer targets for {model.config.num_hidden_layers} layers")
-    notify("compress", 0, model.config.num_hidden_layers)
-    layers = compress_model(
-        model,
-        calib.input_ids,
-        calib.attention_mask,
-        method_for(request.method),
-        targets,
-        device,
-        request.batch_size,
-        progress=lambda i, n: notify("compress", i, n),
-        should_cancel=should_cancel,
-        show_progress=show_progress,
-    )
-    lap("compress")
-    after = param_counts(model)
-    if windows is not None:
-        notify("evaluate", 0, 1)
-        metrics["perplexity_after"] = perplexity(model, windows, device, request.evaluation.batch_size)
-        metrics["evaluation"] = asdict(request.evaluation) | {"tokens": int(windows.numel())}
-        lap("evaluate")
-    recipe = request.recipe()
-    record = {
-        "slimkit_version": __version__,
-        "source": {
-            "model": request.model,
-            "revision": source.revision or request.revision,
-            "model_type": source.config.model_type,
-        },
-        "recipe": recipe,
-        "recipe_sha256": hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(),
-        "calibration": calib.provenance,
-        "params_before": before,
-        "params_after": after,
-        "ratio_achieved": {
-            "attention_mlp": 1 - after["attention_mlp"] / before["attention_mlp"],
-            "without_embeddings": 1 - after["without_embeddings"] / before["without_embeddings"],
-            "total": 1 - after["total"] / before["total"],
-        },
-        "kv_cache_bytes_per_token_fp16": {"before": kv_before, "after": kv_cache_bytes_per_token(model.config)},
-        "layer_shapes": get_shapes(model.config),
-        "layers": layers,
-        "metrics": metrics,
-        "device": str(device),
-    }
-    notify("save", 0, 1)
-    record["timings_s"] = timings
-    fmt = save_compressed(model, source, Path(out_dir), record)
-    lap("save")
-    if request.verify:
-        notify("verify", 0, 1)
-        record["reload_max_abs_diff"] = verify_reload(model, Path(out_dir), calib.input_ids[:2, :64])
-        lap("verify")
-    record["timings_s"] = timings
-    (Path(out_dir) / "compression.json").write_text(json.dumps({**record, "format": fmt}, indent=2) + "\n")
-    return CompressionResult(Path(out_dir), fmt, {**record, "format": fmt}, model)
 
 
 @torch.no_grad()
