@@ -123,6 +123,12 @@ def compress(
         )
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         model = source.model
+        window = model.config.sliding_window
+        if window is not None and request.calibration.seq_len > window:
+            raise InvalidArgument(
+                f"calibration seq_len {request.calibration.seq_len} exceeds the model's "
+                f"sliding window ({window}); use seq_len <= {window}"
+            )
         lap("load")
         notify("calibrate", 0, 1)
         calib = build_calibration(tokenizer, request.calibration)

@@ -1,4 +1,4 @@
-"""Llama family: Llama-2 (MHA), Llama-3 (GQA, `llama3` RoPE scaling), Mistral without sliding window.
+"""Llama family: Llama-2 (MHA), Llama-3 (GQA, `llama3` RoPE scaling), Mistral (its sliding window is kept).
 
 The canonical layout *is* the Llama layout, so the mapping is the identity. `attention_bias` puts a bias on
 all four attention projections, `mlp_bias` on all three MLP projections.
