@@ -85,3 +85,21 @@ def test_missing_model_folder(tmp_path: Path) -> None:
     with pytest.raises(SlimError) as err:
         compress(request(tmp_path / "nope"), tmp_path / "out")
     assert err.value.code == "model_not_found"
+
+
+def test_calibration_longer_than_sliding_window(tmp_path: Path) -> None:
+    model = tmp_path / "mistral"
+    T.MistralForCausalLM(
+        T.MistralConfig(
+            vocab_size=8192,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            sliding_window=16,
+        )
+    ).save_pretrained(model)
+    make_tokenizer().save_pretrained(model)
+    with pytest.raises(InvalidArgument, match="sliding window"):
+        compress(request(model, ratio=0.3), tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")

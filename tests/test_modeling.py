@@ -90,3 +90,28 @@ def test_phi3_longrope_matches_stock_at_short_and_long_lengths(tmp_path: Path) -
         ids = torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(length))
         with torch.no_grad():
             assert float((stock(ids).logits - slim(ids).logits).abs().max()) <= 1e-5
+
+
+def test_mistral_sliding_window_matches_stock(tmp_path: Path) -> None:
+    import transformers as T
+    from transformers import AutoModelForCausalLM
+
+    config = T.MistralConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=16,
+    )
+    torch.manual_seed(0)
+    T.MistralForCausalLM(config).save_pretrained(tmp_path)
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    slim = load_source(str(tmp_path)).model
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert float((stock(ids).logits - slim(ids).logits).abs().max()) <= 1e-5
+        out = slim(ids[:, :30], use_cache=True)  # the window also applies across the KV cache
+        step = slim(ids[:, 30:], past_key_values=out.past_key_values, use_cache=True).logits
+        assert float((stock(ids).logits[:, 30:] - step).abs().max()) <= 1e-5
