@@ -14,6 +14,8 @@ import pytest
 import torch
 import transformers as T
 
+pytest_plugins = ["tests.service_fixtures"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 VOCAB = 8192
 

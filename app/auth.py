@@ -1,0 +1,60 @@
+"""Bearer API tokens: created by an operator command, stored only as a peppered SHA-256 hash.
+
+A job belongs to the owner of the token that created it; every job route filters by that owner, so
+another owner's job is indistinguishable from a missing one (404).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import SessionDep
+from app.models import ApiToken
+from app.settings import get_settings
+
+TOKEN_PREFIX = "slk_"
+bearer = HTTPBearer(auto_error=False, description="API token created with `python -m app.cli create-token`")
+
+
+def hash_token(token: str) -> str:
+    pepper = get_settings().token_pepper.get_secret_value()
+    return hashlib.sha256((pepper + token).encode()).hexdigest()
+
+
+def create_token(session: Session, owner: str, name: str = "") -> str:
+    """A new token for `owner`; the plain value is returned once and never stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(owner=owner, name=name, token_hash=hash_token(token)))
+    session.commit()
+    return token
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str
+    token_id: object
+
+
+def current_caller(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Caller:
+    unauthorized = HTTPException(
+        status.HTTP_401_UNAUTHORIZED, "missing or invalid API token", headers={"WWW-Authenticate": "Bearer"}
+    )
+    if credentials is None or not credentials.credentials.startswith(TOKEN_PREFIX):
+        raise unauthorized
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(credentials.credentials)))
+    if row is None or row.revoked_at is not None:
+        raise unauthorized
+    return Caller(row.owner, row.id)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

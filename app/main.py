@@ -1,0 +1,22 @@
+"""FastAPI application: `uvicorn app.main:app`. OpenAPI page at /docs, schema at /openapi.json."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.routes import health, jobs
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="slimkit compression service",
+        version="0.1.0",
+        description="Submit a Hub model and a target; get back a smaller model that loads, pushed to the Hub "
+        "with a card that says what was done and what it cost in quality.",
+    )
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,164 @@
+"""Request and response bodies of the job API (documented in the OpenAPI page at /docs).
+
+The API process does not import the engine (no torch in the API image); the method names below are
+checked against the engine's registry by a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENGINE_METHODS = ("intraslice", "intraslice-nocomp", "wanda-sp")
+Method = Literal["intraslice", "intraslice-nocomp", "wanda-sp"]
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target(Strict):
+    ratio: float | None = Field(None, gt=0, le=0.9, description="fraction of decoder attention+MLP params removed")
+    speedup: float | None = Field(None, gt=1, description="not available yet (needs the ratio estimator)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Target:
+        if self.speedup is not None:
+            raise ValueError("speedup targets are not supported yet; give target.ratio")
+        if self.ratio is None:
+            raise ValueError("target.ratio is required")
+        return self
+
+
+class Calibration(Strict):
+    dataset: str | None = Field(
+        "wikitext2_valid", description="bundled text (wikitext2_valid) or hf://datasets/<owner>/<name>/<file>"
+    )
+    text: str | None = Field(None, max_length=2_000_000, description="inline calibration text instead of dataset")
+    samples: int = Field(64, ge=1, le=4096)
+    seq_len: int = Field(512, ge=8, le=32768)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        if (
+            value is not None
+            and value not in ("wikitext2_valid", "wikitext2_test")
+            and not (value.startswith("hf://datasets/") and value.count("/") >= 5)
+        ):
+            raise ValueError("use wikitext2_valid, wikitext2_test or hf://datasets/<owner>/<name>/<file>")
+        return value
+
+
+class Evaluation(Strict):
+    perplexity: bool = True
+    max_tokens: int = Field(65536, ge=64, le=10_000_000)
+    seq_len: int = Field(512, ge=8, le=32768)
+
+
+class Output(Strict):
+    repo_id: str | None = Field(None, description="default: <namespace>/<name>-<method>-<pct>")
+    private: bool = True
+    push: bool = True
+
+    @field_validator("repo_id")
+    @classmethod
+    def _valid_repo(cls, value: str | None) -> str | None:
+        if value is not None and not REPO_ID.match(value):
+            raise ValueError("repo_id must look like <namespace>/<name>")
+        return value
+
+
+class JobCreate(Strict):
+    model: str = Field(description="Hub model id, e.g. HuggingFaceTB/SmolLM2-135M")
+    revision: str = Field("main", min_length=1, max_length=200, description="branch, tag or commit")
+    method: Method = "intraslice"
+    target: Target
+    calibration: Calibration = Field(default_factory=Calibration)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    output: Output = Field(default_factory=Output)
+
+    @field_validator("model")
+    @classmethod
+    def _valid_model(cls, value: str) -> str:
+        if not REPO_ID.match(value):
+            raise ValueError("model must be a Hub model id <namespace>/<name>")
+        return value
+
+    def fingerprint(self) -> str:
+        """Canonical hash of the request: equal bodies (after defaults) hash equal."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class Progress(BaseModel):
+    stage: str | None = None
+    layer: int | None = None
+    layers: int | None = None
+    fraction: float | None = None
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str | None
+    progress: Progress | None
+    model: str
+    revision: str
+    revision_sha: str | None
+    method: str
+    request: dict[str, Any]
+    cancel_requested: bool
+    error: JobError | None
+    result: dict[str, Any] | None
+    stage_timings: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Any) -> JobOut:
+        return cls(
+            id=job.id,
+            status=job.status.value,
+            stage=job.stage,
+            progress=Progress(**job.progress) if job.progress else None,
+            model=job.model,
+            revision=job.revision,
+            revision_sha=job.revision_sha,
+            method=job.method,
+            request=job.request,
+            cancel_requested=job.cancel_requested_at is not None,
+            error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            result=job.result,
+            stage_timings=job.stage_timings,
+            created_at=utc(job.created_at),
+            updated_at=utc(job.updated_at),
+            started_at=utc(job.started_at),
+            finished_at=utc(job.finished_at),
+        )
+
+
+class JobPage(BaseModel):
+    data: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null at the end")
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything is stored in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -1,0 +1,58 @@
+"""Deployment configuration from the environment (prefix `SLIMKIT_`), validated once at start-up.
+
+Outside `environment=development` the settings refuse the insecure defaults: an embedded SQLite database
+or broker, an empty token pepper. The Hub write token is read from `SLIMKIT_HUB_TOKEN` or from the file
+named by `SLIMKIT_HUB_TOKEN_FILE` (a mounted secret); it lives only in process memory — never in job rows,
+logs or responses.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLIMKIT_", env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///./slimkit.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    gpu_queue: str = "gpu"
+    token_pepper: SecretStr = SecretStr("")  # mixed into API-token hashes; required in production
+    hub_token: SecretStr | None = None
+    hub_token_file: Path | None = None
+    work_dir: Path = Path("./work")  # per-job scratch space of the workers (removed after each job)
+    retry_after_s: int = 5
+    visibility_timeout_s: int = 6 * 3600  # above the longest job, else Redis redelivers a running job
+    lease_s: int = 300  # a running job whose worker stopped heart-beating for this long is re-queued
+
+    @model_validator(mode="after")
+    def _refuse_insecure_defaults(self) -> Settings:
+        if self.database_url.startswith("postgres://"):
+            self.database_url = "postgresql+psycopg://" + self.database_url.removeprefix("postgres://")
+        if self.environment == "production":
+            problems = []
+            if self.database_url.startswith("sqlite"):
+                problems.append("SLIMKIT_DATABASE_URL must point at Postgres")
+            if len(self.token_pepper.get_secret_value()) < 16:
+                problems.append("SLIMKIT_TOKEN_PEPPER must be set (>= 16 characters)")
+            if problems:
+                raise ValueError("insecure settings for production: " + "; ".join(problems))
+        return self
+
+    def hub_write_token(self) -> str | None:
+        if self.hub_token is not None:
+            return self.hub_token.get_secret_value()
+        if self.hub_token_file is not None:
+            return self.hub_token_file.read_text().strip() or None
+        return None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

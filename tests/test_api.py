@@ -1,0 +1,132 @@
+"""The job API against real Postgres (schema built by migrations) and a real Redis broker."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from tests.service_fixtures import BROKER_URL
+
+BODY = {"model": "tester/tiny-llama", "method": "intraslice", "target": {"ratio": 0.3}}
+
+
+@pytest.fixture
+def client(db) -> TestClient:
+    from app.main import create_app
+
+    return TestClient(create_app())
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_requires_a_valid_token(client: TestClient, make_token) -> None:
+    assert client.post("/jobs", json=BODY).status_code == 401
+    assert client.get("/jobs", headers=auth("slk_nope")).status_code == 401
+    assert client.get("/jobs", headers=auth(make_token())).status_code == 200
+
+
+def test_submit_returns_202_location_and_queues_a_message(client: TestClient, make_token) -> None:
+    broker = redis.Redis.from_url(BROKER_URL)
+    before = broker.llen("gpu")
+    r = client.post("/jobs", json=BODY, headers=auth(make_token()))
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["Location"] == f"/jobs/{job['id']}" and int(r.headers["Retry-After"]) > 0
+    assert job["status"] == "queued" and job["revision"] == "main" and job["error"] is None
+    assert job["request"]["calibration"]["samples"] == 64  # defaults are part of the stored request
+    assert broker.llen("gpu") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("patch", "loc"),
+    [
+        ({"target": {"ratio": 0.95}}, ["body", "target", "ratio"]),
+        ({"target": {"ratio": 0}}, ["body", "target", "ratio"]),
+        ({"target": {"speedup": 1.5}}, ["body", "target"]),
+        ({"method": "magic"}, ["body", "method"]),
+        ({"model": "not a repo"}, ["body", "model"]),
+        ({"calibration": {"samples": 0}}, ["body", "calibration", "samples"]),
+        ({"output": {"repo_id": "no-namespace"}}, ["body", "output", "repo_id"]),
+        ({"surprise": 1}, ["body", "surprise"]),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(client: TestClient, make_token, patch: dict, loc: list) -> None:
+    r = client.post("/jobs", json=BODY | patch, headers=auth(make_token()))
+    assert r.status_code == 422
+    assert any(err["loc"] == loc for err in r.json()["detail"]), r.json()
+
+
+def test_speedup_target_is_refused_with_a_clear_message(client: TestClient, make_token) -> None:
+    r = client.post("/jobs", json=BODY | {"target": {"speedup": 1.5}}, headers=auth(make_token()))
+    assert "speedup targets are not supported yet" in r.text
+
+
+def test_idempotency_key_replays_and_conflicts(client: TestClient, make_token) -> None:
+    headers = auth(make_token()) | {"Idempotency-Key": "release-2026-11-23"}
+    first = client.post("/jobs", json=BODY, headers=headers)
+    again = client.post("/jobs", json=BODY, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    other = client.post("/jobs", json=BODY | {"target": {"ratio": 0.2}}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert len(client.get("/jobs", headers=headers).json()["data"]) == 1
+
+
+def test_jobs_are_private_to_their_owner(client: TestClient, make_token) -> None:
+    alice, bob = auth(make_token("alice")), auth(make_token("bob"))
+    job = client.post("/jobs", json=BODY, headers=alice).json()
+    assert client.get(f"/jobs/{job['id']}", headers=bob).status_code == 404
+    assert client.post(f"/jobs/{job['id']}/cancel", headers=bob).status_code == 404
+    assert client.get("/jobs", headers=bob).json()["data"] == []
+    assert client.get(f"/jobs/{job['id']}", headers=alice).status_code == 200
+    assert client.get(f"/jobs/{uuid.uuid4()}", headers=alice).status_code == 404
+
+
+def test_list_filters_and_cursor_pagination(client: TestClient, make_token) -> None:
+    headers = auth(make_token())
+    ids = [
+        client.post("/jobs", json=BODY | {"model": f"tester/m{i % 2}"}, headers=headers).json()["id"] for i in range(5)
+    ]
+    page1 = client.get("/jobs?limit=2", headers=headers).json()
+    page2 = client.get(f"/jobs?limit=2&cursor={page1['next_cursor']}", headers=headers).json()
+    page3 = client.get(f"/jobs?limit=2&cursor={page2['next_cursor']}", headers=headers).json()
+    seen = [j["id"] for p in (page1, page2, page3) for j in p["data"]]
+    assert seen == list(reversed(ids)) and page3["next_cursor"] is None
+    m1 = client.get("/jobs?model=tester/m1", headers=headers).json()["data"]
+    assert {j["model"] for j in m1} == {"tester/m1"} and len(m1) == 2
+    assert client.get("/jobs?status=succeeded", headers=headers).json()["data"] == []
+    assert client.get("/jobs?status=bogus", headers=headers).status_code == 422
+    assert client.get("/jobs?cursor=%%%", headers=headers).status_code == 422
+
+
+def test_cancel_queued_job_is_final_and_idempotent(client: TestClient, make_token) -> None:
+    headers = auth(make_token())
+    job = client.post("/jobs", json=BODY, headers=headers).json()
+    first = client.post(f"/jobs/{job['id']}/cancel", headers=headers).json()
+    second = client.post(f"/jobs/{job['id']}/cancel", headers=headers).json()
+    assert first["status"] == second["status"] == "cancelled"
+    assert first["finished_at"] == second["finished_at"]
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"database": "ok", "broker": "ok"}
+
+
+def test_openapi_documents_the_job_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_api_method_list_matches_the_engine() -> None:
+    from app.schemas import ENGINE_METHODS
+    from slimkit.methods import METHODS
+
+    assert set(ENGINE_METHODS) == set(METHODS)
