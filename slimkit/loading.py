@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,14 @@ from safetensors import safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
 from slimkit.arch import ArchAdapter, adapter_for
-from slimkit.errors import InvalidArgument, ModelNotFound, NoSafetensors, UnsupportedArchitecture
+from slimkit.errors import (
+    GatedOrUnauthorized,
+    InvalidArgument,
+    ModelNotFound,
+    NoSafetensors,
+    RevisionNotFound,
+    UnsupportedArchitecture,
+)
 from slimkit.modeling.modeling_slim import SlimForCausalLM
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -47,7 +56,8 @@ def resolve(model: str, revision: str | None = None, token: str | None = None) -
         raise ModelNotFound(f"{model}: not a model folder")
     from huggingface_hub import HfApi, snapshot_download  # deferred: HF_ENDPOINT must be set by then
 
-    info = HfApi(token=token).model_info(model, revision=revision, files_metadata=False)
+    with hub_errors(model, revision):
+        info = HfApi(token=token).model_info(model, revision=revision, files_metadata=False)
     names = [s.rfilename for s in info.siblings or []]
     if not any(n.endswith(".safetensors") for n in names):
         pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
@@ -56,8 +66,28 @@ def resolve(model: str, revision: str | None = None, token: str | None = None) -
             + (f" (only pickle files: {', '.join(pickles[:3])})" if pickles else "")
             + "; pickle checkpoints are never loaded. Convert the model to safetensors first."
         )
-    path = snapshot_download(model, revision=info.sha, allow_patterns=HUB_PATTERNS, token=token)
+    with hub_errors(model, revision):
+        path = snapshot_download(model, revision=info.sha, allow_patterns=HUB_PATTERNS, token=token)
     return Path(path), info.sha
+
+
+@contextmanager
+def hub_errors(model: str, revision: str | None) -> Iterator[None]:
+    """Translate the Hub client's errors into the engine's coded errors."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        yield
+    except GatedRepoError as err:
+        raise GatedOrUnauthorized(f"{model} is gated; accept its terms with the account whose token is used") from err
+    except RevisionNotFoundError as err:
+        raise RevisionNotFound(f"{model} has no revision {revision!r}") from err
+    except RepositoryNotFoundError as err:
+        raise ModelNotFound(f"no model {model!r} on the Hub (or it is private to another account)") from err
+    except HfHubHTTPError as err:
+        if err.response is not None and err.response.status_code in (401, 403):
+            raise GatedOrUnauthorized(f"the Hub refused access to {model}") from err
+        raise
 
 
 def read_config(path: Path) -> PreTrainedConfig:
