@@ -7,20 +7,41 @@ download from the Hub.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
-import transformers as T
 
-pytest_plugins = ["tests.service_fixtures"]
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Point huggingface_hub at the local hub (tests/hub_fixtures.py) before anything imports it: it freezes
+# HF_ENDPOINT and HF_HUB_DISABLE_XET at import. The port is chosen now; the session fixture serves on it.
+_HF_HOME = tempfile.mkdtemp(prefix="slimkit-tests-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ.pop("HF_HUB_OFFLINE", None)  # offline mode would block the local hub
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ["HF_TOKEN"] = "localhub-test-token"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers as T  # noqa: E402
+
+pytest_plugins = ["tests.service_fixtures", "tests.hub_fixtures"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VOCAB = 8192
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_CONFIGS = {
     # Llama-2 style multi-head attention

@@ -1,0 +1,54 @@
+"""Fault injection for the local Hub, so tests can see how the client and our workers cope with a flaky Hub.
+
+One `Faults` object is shared by the app and the test: the server reads its fields on every request, so a
+test can change them between (or during) requests without restarting anything. Counters count down: "the
+next N commit calls fail", which is what a retry test needs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Faults:
+    fail_commits: int = 0  # the next N commit calls answer 500
+    fail_all_commits: bool = False  # every commit call answers 500 (a permanent outage)
+    fail_lfs_puts: int = 0  # the next N LFS PUTs (single part or one part of a multipart upload) answer 500
+    delay_s: float = 0.0  # added before answering each request whose path contains `delay_match`
+    delay_match: str = ""  # "" matches every path; e.g. "/resolve/" slows downloads, "/_lfs/" uploads
+    commit_calls: int = 0  # observed calls, failed ones included
+    lfs_put_calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def on_commit(self) -> bool:
+        """Count a commit call; True if it must fail."""
+        with self._lock:
+            self.commit_calls += 1
+            if self.fail_all_commits:
+                return True
+            if self.fail_commits > 0:
+                self.fail_commits -= 1
+                return True
+            return False
+
+    def on_lfs_put(self) -> bool:
+        """Count an LFS PUT; True if it must fail."""
+        with self._lock:
+            self.lfs_put_calls += 1
+            if self.fail_lfs_puts > 0:
+                self.fail_lfs_puts -= 1
+                return True
+            return False
+
+    def delay_for(self, path: str) -> float:
+        return self.delay_s if self.delay_s > 0 and self.delay_match in path else 0.0
+
+    def reset(self) -> None:
+        """Back to a healthy Hub, counters at zero."""
+        with self._lock:
+            self.fail_commits = self.lfs_put_calls = self.commit_calls = self.fail_lfs_puts = 0
+            self.fail_all_commits = False
+            self.delay_s = 0.0
+            self.delay_match = ""
