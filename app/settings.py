@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     retry_after_s: int = 5
     visibility_timeout_s: int = 6 * 3600  # above the longest job, else Redis redelivers a running job
     lease_s: int = 300  # a running job whose worker stopped heart-beating for this long is re-queued
+    max_attempts: int = 3  # claims of one job (worker deaths included) before it is failed instead of re-queued
+    stale_queued_s: int = 600  # a job still queued after this long is re-enqueued (its message may be lost)
+    hub_namespace: str | None = None  # namespace of default output repos; None: the job owner's name
+    hub_push_attempts: int = 4  # upload tries on 5xx / connection errors before `hub_push_failed`
+    hub_retry_base_s: float = 2.0  # first back-off delay, doubled after each failed try
+    reload_check_timeout_s: int = 1800  # the fresh-process reload check of the saved checkpoint
+    torch_threads: int | None = None  # per worker process; None: the CPUs available / worker concurrency
 
     @model_validator(mode="after")
     def _refuse_insecure_defaults(self) -> Settings:

@@ -1,0 +1,142 @@
+"""The model card (README.md) pushed with a compressed model.
+
+A reader of the Hub page should learn, without opening any JSON, what was removed, how much, at what
+measured cost in perplexity, from which calibration data, and how to load the result; tools should find
+`base_model` and the tags in the YAML front matter. Everything comes from the record the engine wrote
+(`compression.json`) plus the job's own identity — never from settings, so no token can end up here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+LOAD_STOCK = """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{repo}")
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+```"""
+
+LOAD_SLIM = """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+# Layers have different widths, which no stock config can express: the repo ships its modeling code
+# (modeling_slim.py), so loading needs trust_remote_code=True. Read that file before you run it.
+model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+```"""
+
+
+def front_matter(base_model: str, method: str) -> str:
+    meta = {
+        "base_model": base_model,
+        "tags": ["pruned", method],
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
+
+
+def _params_table(before: dict[str, int], after: dict[str, int]) -> str:
+    rows = [
+        ("Decoder attention + MLP", "attention_mlp"),
+        ("Without embeddings", "without_embeddings"),
+        ("Whole model", "total"),
+    ]
+    lines = ["| Parameters | Before | After | Removed |", "|---|---:|---:|---:|"]
+    for label, key in rows:
+        b, a = before[key], after[key]
+        lines.append(f"| {label} | {_count(b)} | {_count(a)} | {1 - a / b:.1%} |")
+    return "\n".join(lines)
+
+
+def _quality(metrics: dict[str, Any]) -> str:
+    if "perplexity_after" not in metrics:
+        return "Perplexity was not measured for this model (evaluation was turned off in the job)."
+    ev = metrics.get("evaluation", {})
+    before = metrics.get("perplexity_before")
+    lines = ["| Perplexity | Before | After |", "|---|---:|---:|"]
+    lines.append(
+        f"| {ev.get('text', '?')} | {before:.3f} | {metrics['perplexity_after']:.3f} |"
+        if before is not None
+        else f"| {ev.get('text', '?')} | – | {metrics['perplexity_after']:.3f} |"
+    )
+    protocol = (
+        f"Protocol: non-overlapping windows of {ev.get('seq_len', '?')} tokens over `{ev.get('text', '?')}`, "
+        f"{ev.get('tokens', 0):,} tokens in all"
+        + (f" (capped at {ev['max_tokens']:,})" if ev.get("max_tokens") else "")
+        + "; lower is better. Perplexity on one text is a coarse signal: check the tasks you care about."
+    )
+    return "\n".join(lines) + "\n\n" + protocol
+
+
+def _calibration(calibration: dict[str, Any], label: str | None) -> str:
+    source = label or f"`{calibration.get('text', '?')}`"
+    return (
+        f"{calibration.get('samples', '?')} samples of {calibration.get('seq_len', '?')} tokens "
+        f"({calibration.get('calibration_tokens', 0):,} tokens) drawn with seed {calibration.get('seed', '?')} "
+        f"from {source} ({calibration.get('stream_tokens', 0):,} tokens after tokenisation)."
+    )
+
+
+def render(
+    record: dict[str, Any],
+    base_model: str,
+    base_revision: str | None,
+    repo_id: str,
+    calibration_label: str | None = None,
+    hub_url: str = "https://huggingface.co",
+) -> str:
+    """README.md text for `repo_id` from the engine's record (`compression.json`).
+
+    calibration_label: how to name the calibration source when the record's own name means nothing to a
+    reader (inline text supplied with the job lives in a temporary file). hub_url: where the base model's
+    page is (the Hub the card is pushed to).
+    """
+    recipe = record["recipe"]
+    method = recipe["method"]
+    ratio = record["ratio_achieved"]
+    fmt = record.get("format", "slim")
+    revision = f" at commit `{base_revision}`" if base_revision else ""
+    kv = record.get("kv_cache_bytes_per_token_fp16")
+    parts = [
+        front_matter(base_model, method),
+        f"# {repo_id.split('/')[-1]}",
+        f"A structurally pruned version of [{base_model}]({hub_url.rstrip('/')}/{base_model}){revision}, "
+        f"made with slimkit {record.get('slimkit_version', '?')} using the **{method}** method.",
+        "## What was done",
+        f"Target: remove {recipe['ratio']:.0%} of the decoder's attention and MLP parameters. Achieved: "
+        f"{ratio['attention_mlp']:.1%} of attention + MLP, {ratio['without_embeddings']:.1%} of the model "
+        f"without embeddings, {ratio['total']:.1%} of the whole model (embeddings and the LM head are kept). "
+        "Whole heads, head dimensions and MLP channels were removed, so the result is a smaller dense model "
+        "that runs faster without sparse kernels.",
+        _params_table(record["params_before"], record["params_after"]),
+    ]
+    if kv:
+        parts.append(
+            f"KV cache: {kv['before']:,} → {kv['after']:,} bytes per token (fp16)."
+            if kv["before"] != kv["after"]
+            else f"KV cache: unchanged at {kv['before']:,} bytes per token (fp16)."
+        )
+    parts += [
+        "## Quality",
+        _quality(record.get("metrics", {})),
+        "## Calibration data",
+        _calibration(record.get("calibration", {}), calibration_label),
+        "## How to load it",
+        (LOAD_SLIM if fmt == "slim" else LOAD_STOCK).format(repo=repo_id),
+        f"Format: `{fmt}`"
+        + (" (a stock transformers architecture)." if fmt == "stock" else " (per-layer shapes, custom code)."),
+        "## Recipe",
+        f"The recipe below reproduces this model from the same base commit; its SHA-256 (of the JSON with "
+        f"sorted keys) is `{record['recipe_sha256']}`. The full record is in `compression.json`.",
+        "```json\n" + json.dumps(recipe, indent=2, sort_keys=True) + "\n```",
+    ]
+    return "\n\n".join(parts) + "\n"

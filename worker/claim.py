@@ -1,0 +1,227 @@
+"""Job state transitions in the database, each one conditional UPDATE (atomic on Postgres and SQLite).
+
+The row is the job; a broker message is only a wake-up call. So every transition says which state it
+starts from, and the writes of a running job also say which worker holds it (`worker` doubles as a fencing
+token): a worker that lost its lease — the sweep re-queued the job and another worker claimed it — can
+neither extend that lease nor overwrite the other worker's progress or outcome. Redelivered or duplicated
+messages are therefore harmless: the second `claim` of a job finds it no longer queued and does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db import session_factory
+from app.models import Job, JobStatus, utcnow
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _session() -> Session:
+    return session_factory()()
+
+
+def _id(job_id: str | uuid.UUID) -> uuid.UUID:
+    return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+
+
+def _now(session: Session) -> datetime:
+    """Now in UTC; naive on SQLite, which stores timestamps without an offset (comparisons are textual)."""
+    now = utcnow()
+    return now.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else now
+
+
+def _held(job_id: str | uuid.UUID, worker: str) -> tuple[Any, ...]:
+    """WHERE clause of every write by the worker that holds a running job."""
+    return (Job.id == _id(job_id), Job.status == JobStatus.running, Job.worker == worker)
+
+
+def claim(job_id: str | uuid.UUID, worker: str) -> bool:
+    """queued → running for `worker`; False (and nothing changes) when the job is not queued any more."""
+    lease = timedelta(seconds=get_settings().lease_s)
+    with _session() as session:
+        now = _now(session)
+        done = session.execute(
+            update(Job)
+            .where(Job.id == _id(job_id), Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.running,
+                stage="starting",
+                progress={"stage": "starting", "layer": None, "layers": None, "fraction": 0.0},
+                started_at=now,
+                worker=worker,
+                lease_until=now + lease,
+                attempts=Job.attempts + 1,
+                stage_timings=None,  # timings of an earlier, abandoned attempt are not this attempt's
+                updated_at=now,
+            )
+        )
+        session.commit()
+        return done.rowcount == 1
+
+
+def load(job_id: str | uuid.UUID) -> Job | None:
+    """The job row, detached (its attributes stay readable after the session closes)."""
+    with _session() as session:
+        return session.get(Job, _id(job_id))
+
+
+def heartbeat(job_id: str | uuid.UUID, worker: str) -> bool:
+    """Extend the lease; False when this worker no longer holds the job (it should stop)."""
+    lease = timedelta(seconds=get_settings().lease_s)
+    with _session() as session:
+        now = _now(session)
+        done = session.execute(update(Job).where(*_held(job_id, worker)).values(lease_until=now + lease))
+        session.commit()
+        return done.rowcount == 1
+
+
+def set_progress(
+    job_id: str | uuid.UUID,
+    worker: str,
+    stage: str,
+    layer: int | None = None,
+    layers: int | None = None,
+    fraction: float | None = None,
+) -> bool:
+    """Current stage and position within it; also extends the lease (progress is proof of life)."""
+    lease = timedelta(seconds=get_settings().lease_s)
+    progress = {"stage": stage, "layer": layer, "layers": layers, "fraction": fraction}
+    with _session() as session:
+        now = _now(session)
+        done = session.execute(
+            update(Job)
+            .where(*_held(job_id, worker))
+            .values(stage=stage, progress=progress, lease_until=now + lease, updated_at=now)
+        )
+        session.commit()
+        return done.rowcount == 1
+
+
+def set_revision(job_id: str | uuid.UUID, worker: str, sha: str) -> bool:
+    """The commit the worker actually downloaded (submit could not resolve it when the Hub was down)."""
+    with _session() as session:
+        done = session.execute(update(Job).where(*_held(job_id, worker)).values(revision_sha=sha))
+        session.commit()
+        return done.rowcount == 1
+
+
+def record_stage_time(job_id: str | uuid.UUID, worker: str, stage: str, seconds: float) -> bool:
+    """Add one stage's wall time to `stage_timings`.
+
+    A read-modify-write of a JSON column, safe because only the lease holder writes it (the fenced UPDATE
+    drops the write of a worker that lost the job).
+    """
+    with _session() as session:
+        timings = session.scalar(select(Job.stage_timings).where(Job.id == _id(job_id))) or {}
+        timings = {**timings, stage: round(seconds, 3)}
+        done = session.execute(update(Job).where(*_held(job_id, worker)).values(stage_timings=timings))
+        session.commit()
+        return done.rowcount == 1
+
+
+def cancel_requested(job_id: str | uuid.UUID) -> bool:
+    """Whether the owner asked to cancel (the API sets `cancel_requested_at`; the worker stops cooperatively)."""
+    with _session() as session:
+        return session.scalar(select(Job.cancel_requested_at).where(Job.id == _id(job_id))) is not None
+
+
+def finish(
+    job_id: str | uuid.UUID,
+    worker: str,
+    status: JobStatus,
+    error_code: str | None = None,
+    message: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """running → succeeded | failed | cancelled; False when this worker no longer held the job."""
+    if not status.finished:
+        raise ValueError(f"finish() needs a final status, not {status}")
+    with _session() as session:
+        now = _now(session)
+        done = session.execute(
+            update(Job)
+            .where(*_held(job_id, worker))
+            .values(
+                status=status,
+                stage=status.value,
+                error_code=error_code,
+                error_message=message,
+                result=result,
+                finished_at=now,
+                lease_until=None,
+                updated_at=now,
+            )
+        )
+        session.commit()
+        return done.rowcount == 1
+
+
+def requeue_stale() -> dict[str, list[str]]:
+    """Recover jobs whose worker died and jobs whose message may have been lost; returns what it did.
+
+    - running, lease expired, cancel requested → cancelled (the owner wanted it stopped anyway);
+    - running, lease expired, `max_attempts` claims used → failed `internal_error` (a job that kills its
+      worker every time — e.g. the kernel's OOM killer — must not loop forever);
+    - running, lease expired otherwise → queued again (attempts kept) and re-enqueued;
+    - queued and untouched for `stale_queued_s` → re-enqueued (the broker may have been down at submit);
+      `updated_at` is bumped so one job is re-enqueued at most once per period.
+    Several workers may sweep at once: every change is conditional, and a duplicate message is a no-op claim.
+    """
+    from worker.celery_app import enqueue  # late: the API imports this module's siblings without Celery set up
+
+    settings = get_settings()
+    done: dict[str, list[str]] = {"cancelled": [], "failed": [], "requeued": [], "reenqueued": []}
+    with _session() as session:
+        now = _now(session)
+        expired = (Job.status == JobStatus.running, Job.lease_until < now)
+        stale = session.execute(select(Job.id, Job.attempts, Job.cancel_requested_at).where(*expired)).all()
+        for job_id, attempts, cancel_at in stale:
+            if cancel_at is not None:
+                values: dict[str, Any] = {"status": JobStatus.cancelled, "stage": "cancelled", "finished_at": now}
+                key = "cancelled"
+            elif attempts >= settings.max_attempts:
+                values = {
+                    "status": JobStatus.failed,
+                    "stage": "failed",
+                    "finished_at": now,
+                    "error_code": "internal_error",
+                    "error_message": f"the worker running this job stopped responding {attempts} times "
+                    "(killed, e.g. by the host's out-of-memory killer, or lost); not retried again",
+                }
+                key = "failed"
+            else:
+                values = {"status": JobStatus.queued, "stage": "queued", "progress": None}
+                key = "requeued"
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, *expired)
+                .values(**values, worker=None, lease_until=None, updated_at=now)
+            )
+            if changed.rowcount == 1:
+                done[key].append(str(job_id))
+        old = now - timedelta(seconds=settings.stale_queued_s)
+        for job_id in session.scalars(select(Job.id).where(Job.status == JobStatus.queued, Job.updated_at < old)):
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued, Job.updated_at < old)
+                .values(updated_at=now)
+            )
+            if changed.rowcount == 1:
+                done["reenqueued"].append(str(job_id))
+        session.commit()
+    for job_id in done["requeued"] + done["reenqueued"]:
+        try:
+            enqueue(job_id)
+        except Exception as err:  # broker down: the row stays queued, the next sweep tries again
+            log.warning("sweep could not enqueue job %s: %s", job_id, err)
+    if any(done.values()):
+        log.info("sweep: %s", {k: len(v) for k, v in done.items()})
+    return done

@@ -1,0 +1,291 @@
+"""One job, stage by stage: download → compress (calibrate, evaluate, save) → reload check → push.
+
+Every stage boundary (and every layer, through the engine's callbacks) checks the database for a cancel
+request, so a cancelled job stops within one layer; progress is written to the job row as stages and
+layers advance (throttled), which also renews the worker's lease. All files live in
+`work_dir/<job id>/`, removed whatever the outcome — nothing of a cancelled or failed job stays behind,
+and nothing is pushed unless every earlier stage succeeded.
+
+`execute` turns any outcome into (status, error code, message, result): engine errors keep their codes,
+Hub errors were mapped by `worker.hub`, an out-of-memory error names the levers to pull, and anything
+else is an `internal_error` carrying the exception type.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.models import Job, JobStatus
+from app.settings import get_settings
+from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, compress
+from slimkit.errors import Cancelled, SlimError
+from worker import card, claim, hub, reload_check
+
+log = logging.getLogger(__name__)
+
+OOM_LEVERS = (
+    "out of memory: use fewer calibration samples (calibration.samples), a shorter calibration.seq_len "
+    "or evaluation.seq_len, a smaller batch size, or a worker with a bigger GPU"
+)
+
+
+class LeaseLost(Exception):
+    """The job is no longer this worker's (the sweep re-queued it, another worker holds it): stop quietly."""
+
+
+@dataclass
+class Outcome:
+    status: JobStatus
+    error_code: str | None = None
+    message: str | None = None
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class Tracker:
+    """Progress, stage timings and the cancel check of one job, written through `worker.claim`."""
+
+    job_id: str
+    worker: str
+    min_interval_s: float = 1.0
+    timings: dict[str, float] = field(default_factory=dict)
+    _stage: str | None = field(default=None, init=False)
+    _written_at: float = field(default=0.0, init=False)
+
+    def check_cancel(self) -> None:
+        if claim.cancel_requested(self.job_id):
+            raise Cancelled(f"cancelled by the owner during {self._stage or 'start-up'}")
+
+    def progress(self, stage: str, layer: int | None = None, layers: int | None = None) -> None:
+        """Write progress when the stage changes, on the last layer, or at most once per `min_interval_s`."""
+        now = time.monotonic()
+        changed = stage != self._stage
+        last_layer = layer is not None and layer == layers
+        if changed or last_layer or now - self._written_at >= self.min_interval_s:
+            fraction = layer / layers if layer is not None and layers else 0.0
+            if not claim.set_progress(self.job_id, self.worker, stage, layer, layers, round(fraction, 4)):
+                raise LeaseLost(self.job_id)
+            self._written_at = now
+        self._stage = stage
+
+    def engine_progress(self, stage: str, done: int, total: int) -> None:
+        """The engine's callback: its own stages (load, calibrate, evaluate_dense, compress, …) and layers."""
+        if stage != self._stage:
+            self.check_cancel()
+        self.progress(stage, done if stage == "compress" else None, total if stage == "compress" else None)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = round(seconds, 3)
+        claim.record_stage_time(self.job_id, self.worker, stage, seconds)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.check_cancel()
+        self.progress(name)
+        start = time.perf_counter()
+        yield
+        self.add_time(name, time.perf_counter() - start)
+
+
+def default_repo_id(model: str, method: str, ratio: float, namespace: str) -> str:
+    """`<namespace>/<name>-<method>-<pct>`, e.g. alice/SmolLM2-135M-intraslice-30, within Hub name rules."""
+    pct = f"{ratio * 100:.4g}"
+    suffix = f"-{method}-{pct}"
+    name = model.split("/")[-1][: 96 - len(suffix)] + suffix
+    namespace = re.sub(r"[^A-Za-z0-9_.-]+", "-", namespace).strip("-.") or "slimkit"
+    return f"{namespace[:96]}/{name}"
+
+
+def build_request(job: Job, source: Path, job_dir: Path) -> tuple[CompressionRequest, str | None]:
+    """The engine request for a job's stored API request; also a label for inline calibration text."""
+    body = job.request
+    cal, ev = body.get("calibration", {}), body.get("evaluation", {})
+    label = None
+    if cal.get("text"):
+        text_file = job_dir / "calibration.txt"
+        text_file.write_text(cal["text"], encoding="utf-8")
+        digest = hashlib.sha256(cal["text"].encode()).hexdigest()
+        calib_source, label = str(text_file), f"inline text supplied with the job (sha256 `{digest}`)"
+    else:
+        calib_source = cal.get("dataset") or "wikitext2_valid"
+    calibration = CalibrationSpec(calib_source, cal.get("samples", 64), cal.get("seq_len", 512), cal.get("seed", 0))
+    evaluation = (
+        EvalSpec(seq_len=ev.get("seq_len", 512), max_tokens=ev.get("max_tokens", 65536))
+        if ev.get("perplexity", True)
+        else None
+    )
+    request = CompressionRequest(
+        model=str(source),
+        method=job.method,
+        ratio=body["target"]["ratio"],
+        calibration=calibration,
+        evaluation=evaluation,
+        verify=False,  # the fresh-process check below replaces the engine's in-process one
+    )
+    return request, label
+
+
+def publishable_record(out_dir: Path, job: Job, sha: str, inline_text: str | None) -> dict[str, Any]:
+    """compression.json rewritten to name the Hub source, not the worker's temporary paths.
+
+    The engine records the folder it loaded and, for inline calibration text, the temporary file's path —
+    both meaningless (and a leak of worker paths) on the Hub, and the path would make the recipe hash
+    differ per job. Inline text is recorded as `inline:sha256:<digest>` and the recipe hash recomputed the
+    engine's way (SHA-256 of the JSON with sorted keys).
+    """
+    path = out_dir / "compression.json"
+    record = json.loads(path.read_text())
+    record["source"] = {**record.get("source", {}), "model": job.model, "revision": sha}
+    if inline_text is not None:
+        name = "inline:sha256:" + hashlib.sha256(inline_text.encode()).hexdigest()
+        record["recipe"]["calibration"]["text"] = name
+        record.setdefault("calibration", {})["text"] = name
+        recipe_json = json.dumps(record["recipe"], sort_keys=True).encode()
+        record["recipe_sha256"] = hashlib.sha256(recipe_json).hexdigest()
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def run_pipeline(job: Job, worker: str, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Run every stage of `job` in `work_dir/<job id>/` (removed at the end); the job's result JSON."""
+    settings = get_settings()
+    tracker = tracker or Tracker(str(job.id), worker)
+    job_dir = Path(settings.work_dir) / str(job.id)
+    shutil.rmtree(job_dir, ignore_errors=True)  # leftovers of an earlier attempt of this job
+    job_dir.mkdir(parents=True)
+    try:
+        return _stages(job, worker, tracker, job_dir)
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str, Any]:
+    settings = get_settings()
+    output = job.request.get("output", {})
+    with tracker.stage("download"):
+        snapshot = hub.fetch_source(job.model, job.revision_sha or job.revision, job_dir / "source")
+        claim.set_revision(job.id, worker, snapshot.sha)
+
+    request, label = build_request(job, snapshot.path, job_dir)
+    out_dir = job_dir / "out"
+    tracker.check_cancel()
+    result = compress(
+        request, out_dir, progress=tracker.engine_progress, should_cancel=claim_cancel(tracker), show_progress=False
+    )
+    for stage, seconds in result.record.get("timings_s", {}).items():
+        tracker.add_time(stage, seconds)
+    inline = job.request.get("calibration", {}).get("text")
+    record = publishable_record(out_dir, job, snapshot.sha, inline or None)
+
+    with tracker.stage("verify"):
+        device = reload_check.check_device(result.model)
+        reference = job_dir / "reference.safetensors"
+        reload_check.save_reference(result.model, out_dir, reference, device)
+        del result  # the fresh process loads its own copy: do not hold two
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        tracker.check_cancel()
+        verified = reload_check.check_in_fresh_process(out_dir, reference, settings.reload_check_timeout_s, device)
+        reference.unlink()
+
+    pushed = None
+    if output.get("push", True):
+        ratio = job.request["target"]["ratio"]
+        repo_id = output.get("repo_id") or default_repo_id(
+            job.model, job.method, ratio, settings.hub_namespace or job.owner
+        )
+        with tracker.stage("push"):
+            (out_dir / "README.md").write_text(
+                card.render(record, job.model, snapshot.sha, repo_id, label, hub.endpoint())
+            )
+            pushed = hub.push_folder(
+                out_dir,
+                repo_id,
+                private=output.get("private", True),
+                commit_message=f"{job.method} {ratio:.0%} of {job.model}@{snapshot.sha[:12]} (slimkit job {job.id})",
+            )
+    metrics = record.get("metrics", {})
+    return {
+        "repo_id": pushed.repo_id if pushed else None,
+        "revision": pushed.commit if pushed else None,
+        "url": pushed.url if pushed else None,
+        "format": record.get("format"),
+        "source": {"model": job.model, "revision": snapshot.sha},
+        "params_before": record["params_before"],
+        "params_after": record["params_after"],
+        "ratio_achieved": record["ratio_achieved"],
+        "perplexity_before": metrics.get("perplexity_before"),
+        "perplexity_after": metrics.get("perplexity_after"),
+        "evaluation": metrics.get("evaluation"),
+        "recipe_sha256": record["recipe_sha256"],
+        "reload_check": verified,
+        "stage_timings_s": dict(tracker.timings),
+        "slimkit_version": record.get("slimkit_version"),
+    }
+
+
+def claim_cancel(tracker: Tracker) -> Callable[[], bool]:
+    """The engine's per-layer `should_cancel`."""
+    return lambda: claim.cancel_requested(tracker.job_id)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def classify(err: BaseException) -> Outcome:
+    """The job outcome an exception stands for."""
+    if isinstance(err, Cancelled):
+        return Outcome(JobStatus.cancelled, None, str(err))
+    if is_out_of_memory(err):
+        return Outcome(JobStatus.failed, "out_of_memory", f"{OOM_LEVERS} ({type(err).__name__}: {err})"[:2000])
+    if isinstance(err, SlimError):
+        return Outcome(JobStatus.failed, err.code, err.message)
+    return Outcome(JobStatus.failed, "internal_error", f"{type(err).__name__}: {err}"[:2000])
+
+
+def execute(job_id: str, worker: str) -> Outcome | None:
+    """Run a claimed job to its outcome; None when the job stopped being this worker's (nothing to record)."""
+    job = claim.load(job_id)
+    if job is None:
+        return None
+    start = time.perf_counter()
+    try:
+        result = run_pipeline(job, worker)
+    except LeaseLost:
+        log.warning("job %s: lease lost (re-queued or taken over); stopping without recording", job_id)
+        return None
+    except Exception as err:
+        outcome = classify(err)
+        if outcome.error_code == "internal_error":
+            log.exception("job %s failed unexpectedly", job_id)
+        else:
+            log.info("job %s: %s (%s)", job_id, outcome.status.value, outcome.error_code or outcome.message)
+        return outcome
+    finally:
+        release_memory()
+    result["wall_time_s"] = round(time.perf_counter() - start, 3)
+    return Outcome(JobStatus.succeeded, result=result)
+
+
+def release_memory() -> None:
+    """Give back what a finished (or failed: an OOM leaves tensors behind) job held, before the next one."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
