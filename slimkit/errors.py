@@ -41,6 +41,12 @@ class GatedOrUnauthorized(SlimError):
     code = "gated_or_unauthorized"
 
 
+class HubUnavailable(SlimError):
+    """The Hub could not be reached, or answered with a server error, while reading a model."""
+
+    code = "hub_unavailable"
+
+
 class ReloadMismatch(SlimError):
     code = "reload_mismatch"
 

@@ -22,6 +22,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from slimkit.arch import ArchAdapter, adapter_for
 from slimkit.errors import (
     GatedOrUnauthorized,
+    HubUnavailable,
     InvalidArgument,
     ModelNotFound,
     NoSafetensors,
@@ -54,6 +55,17 @@ def resolve(model: str, revision: str | None = None, token: str | None = None) -
         return local, None
     if local.exists() or model.startswith((".", "/")):
         raise ModelNotFound(f"{model}: not a model folder")
+    return download(model, revision, token)
+
+
+def download(
+    model: str, revision: str | None, token: str | None = None, local_dir: Path | None = None
+) -> tuple[Path, str]:
+    """Resolve `revision` to a commit and fetch that commit's safetensors, configs and tokenizer files.
+
+    The file list is checked first, so a pickle-only repo is refused before any weight is transferred;
+    `allow_patterns` keeps pickles out of the download even when both kinds are present.
+    """
     from huggingface_hub import HfApi, snapshot_download  # deferred: HF_ENDPOINT must be set by then
 
     with hub_errors(model, revision):
@@ -67,13 +79,16 @@ def resolve(model: str, revision: str | None = None, token: str | None = None) -
             + "; pickle checkpoints are never loaded. Convert the model to safetensors first."
         )
     with hub_errors(model, revision):
-        path = snapshot_download(model, revision=info.sha, allow_patterns=HUB_PATTERNS, token=token)
+        path = snapshot_download(
+            model, revision=info.sha, allow_patterns=HUB_PATTERNS, token=token, local_dir=local_dir
+        )
     return Path(path), info.sha
 
 
 @contextmanager
 def hub_errors(model: str, revision: str | None) -> Iterator[None]:
     """Translate the Hub client's errors into the engine's coded errors."""
+    import httpx2  # the Hub client's HTTP library
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
@@ -85,9 +100,12 @@ def hub_errors(model: str, revision: str | None) -> Iterator[None]:
     except RepositoryNotFoundError as err:
         raise ModelNotFound(f"no model {model!r} on the Hub (or it is private to another account)") from err
     except HfHubHTTPError as err:
-        if err.response is not None and err.response.status_code in (401, 403):
-            raise GatedOrUnauthorized(f"the Hub refused access to {model}") from err
-        raise
+        status = err.response.status_code if err.response is not None else None
+        if status in (401, 403):
+            raise GatedOrUnauthorized(f"the Hub refused access to {model} (HTTP {status})") from err
+        raise HubUnavailable(f"reading {model}@{revision} from the Hub failed: {err}") from err
+    except (httpx2.TransportError, OSError) as err:  # refused, reset, timed out
+        raise HubUnavailable(f"the Hub could not be reached for {model}: {err}") from err
 
 
 def read_config(path: Path) -> PreTrainedConfig:

@@ -27,12 +27,28 @@ def make_celery() -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=transport_options(),
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
         include=["worker.tasks"],
     )
     return app
+
+
+def transport_options() -> dict[str, object]:
+    """Redis: a visibility timeout above the longest job. Folder broker (embedded default): its folders."""
+    settings = get_settings()
+    if not settings.broker_url.startswith("filesystem://"):
+        return {"visibility_timeout": settings.visibility_timeout_s}
+    queue, processed = settings.broker_data_dir / "queue", settings.broker_data_dir / "processed"
+    queue.mkdir(parents=True, exist_ok=True)
+    processed.mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),
+        "processed_folder": str(processed),
+        "store_processed": False,
+    }
 
 
 celery_app = make_celery()

