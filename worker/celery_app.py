@@ -40,13 +40,14 @@ def transport_options() -> dict[str, object]:
     settings = get_settings()
     if not settings.broker_url.startswith("filesystem://"):
         return {"visibility_timeout": settings.visibility_timeout_s}
-    queue, processed = settings.broker_data_dir / "queue", settings.broker_data_dir / "processed"
-    queue.mkdir(parents=True, exist_ok=True)
-    processed.mkdir(parents=True, exist_ok=True)
+    folders = {name: settings.broker_data_dir / name for name in ("queue", "processed", "control")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
     return {
-        "data_folder_in": str(queue),
-        "data_folder_out": str(queue),
-        "processed_folder": str(processed),
+        "data_folder_in": str(folders["queue"]),
+        "data_folder_out": str(folders["queue"]),
+        "processed_folder": str(folders["processed"]),
+        "control_folder": str(folders["control"]),  # else kombu writes ./control in the working directory
         "store_processed": False,
     }
 
