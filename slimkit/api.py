@@ -50,6 +50,8 @@ class CompressionRequest:
     dtype: str | None = None  # e.g. "bfloat16"; default: the checkpoint's dtype
     batch_size: int = 8
     verify: bool = True  # reload the saved folder and compare logits
+    source_name: str | None = None  # how records name the source (e.g. the Hub id of a downloaded folder)
+    source_revision: str | None = None  # the commit the folder was downloaded at
 
     def validate(self) -> None:
         method_for(self.method)
@@ -70,9 +72,18 @@ class CompressionRequest:
             "method": self.method,
             "ratio": self.ratio,
             "layer_targets": [asdict(t) for t in self.layer_targets] if self.layer_targets else None,
-            "calibration": asdict(self.calibration),
+            "calibration": calibration_recipe(self.calibration),
             "dtype": self.dtype,
         }
+
+
+def calibration_recipe(spec: CalibrationSpec) -> dict[str, Any]:
+    """The calibration part of the recipe: the label stands in for the text when one is given."""
+    recipe = asdict(spec)
+    label = recipe.pop("label")
+    if label is not None:
+        recipe["text"] = label
+    return recipe
 
 
 @dataclass
@@ -168,8 +179,8 @@ def compress(
         record = {
             "slimkit_version": __version__,
             "source": {
-                "model": request.model,
-                "revision": source.revision or request.revision,
+                "model": request.source_name or request.model,
+                "revision": source.revision or request.source_revision or request.revision,
                 "model_type": source.config.model_type,
             },
             "recipe": recipe,

@@ -29,6 +29,7 @@ class CalibrationSpec:
     samples: int = 64
     seq_len: int = 512
     seed: int = 0
+    label: str | None = None  # how records name the text, when `text` is a temporary path (inline text)
 
     def validate(self) -> None:
         if not 1 <= self.samples <= 4096:
@@ -93,7 +94,7 @@ def build_calibration(tokenizer: PreTrainedTokenizerBase, spec: CalibrationSpec)
         ids = torch.stack([stream[s : s + T] for s in starts.tolist()])
         mask = torch.ones_like(ids)
     provenance = {
-        "text": spec.text,
+        "text": spec.label or spec.text,
         "samples": int(ids.shape[0]),
         "seq_len": T,
         "seed": spec.seed,

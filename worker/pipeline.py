@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import logging
 import re
 import shutil
@@ -109,19 +108,26 @@ def default_repo_id(model: str, method: str, ratio: float, namespace: str) -> st
     return f"{namespace[:96]}/{name}"
 
 
-def build_request(job: Job, source: Path, job_dir: Path) -> tuple[CompressionRequest, str | None]:
-    """The engine request for a job's stored API request; also a label for inline calibration text."""
+def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[CompressionRequest, str | None]:
+    """The engine request for a job's stored API request; also a card label for inline calibration text.
+
+    The engine is told the Hub id and commit of the downloaded folder, and a name for inline text
+    (`inline:sha256:<digest>`), so `compression.json` and the recipe hash never contain worker paths.
+    """
     body = job.request
     cal, ev = body.get("calibration", {}), body.get("evaluation", {})
-    label = None
+    label = record_name = None
     if cal.get("text"):
         text_file = job_dir / "calibration.txt"
         text_file.write_text(cal["text"], encoding="utf-8")
         digest = hashlib.sha256(cal["text"].encode()).hexdigest()
         calib_source, label = str(text_file), f"inline text supplied with the job (sha256 `{digest}`)"
+        record_name = f"inline:sha256:{digest}"
     else:
         calib_source = cal.get("dataset") or "wikitext2_valid"
-    calibration = CalibrationSpec(calib_source, cal.get("samples", 64), cal.get("seq_len", 512), cal.get("seed", 0))
+    calibration = CalibrationSpec(
+        calib_source, cal.get("samples", 64), cal.get("seq_len", 512), cal.get("seed", 0), label=record_name
+    )
     evaluation = (
         EvalSpec(seq_len=ev.get("seq_len", 512), max_tokens=ev.get("max_tokens", 65536))
         if ev.get("perplexity", True)
@@ -134,29 +140,10 @@ def build_request(job: Job, source: Path, job_dir: Path) -> tuple[CompressionReq
         calibration=calibration,
         evaluation=evaluation,
         verify=False,  # the fresh-process check below replaces the engine's in-process one
+        source_name=job.model,
+        source_revision=sha,
     )
     return request, label
-
-
-def publishable_record(out_dir: Path, job: Job, sha: str, inline_text: str | None) -> dict[str, Any]:
-    """compression.json rewritten to name the Hub source, not the worker's temporary paths.
-
-    The engine records the folder it loaded and, for inline calibration text, the temporary file's path —
-    both meaningless (and a leak of worker paths) on the Hub, and the path would make the recipe hash
-    differ per job. Inline text is recorded as `inline:sha256:<digest>` and the recipe hash recomputed the
-    engine's way (SHA-256 of the JSON with sorted keys).
-    """
-    path = out_dir / "compression.json"
-    record = json.loads(path.read_text())
-    record["source"] = {**record.get("source", {}), "model": job.model, "revision": sha}
-    if inline_text is not None:
-        name = "inline:sha256:" + hashlib.sha256(inline_text.encode()).hexdigest()
-        record["recipe"]["calibration"]["text"] = name
-        record.setdefault("calibration", {})["text"] = name
-        recipe_json = json.dumps(record["recipe"], sort_keys=True).encode()
-        record["recipe_sha256"] = hashlib.sha256(recipe_json).hexdigest()
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return record
 
 
 def run_pipeline(job: Job, worker: str, tracker: Tracker | None = None) -> dict[str, Any]:
@@ -179,7 +166,7 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
         snapshot = hub.fetch_source(job.model, job.revision_sha or job.revision, job_dir / "source")
         claim.set_revision(job.id, worker, snapshot.sha)
 
-    request, label = build_request(job, snapshot.path, job_dir)
+    request, label = build_request(job, snapshot.path, snapshot.sha, job_dir)
     out_dir = job_dir / "out"
     tracker.check_cancel()
     result = compress(
@@ -187,8 +174,7 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
     )
     for stage, seconds in result.record.get("timings_s", {}).items():
         tracker.add_time(stage, seconds)
-    inline = job.request.get("calibration", {}).get("text")
-    record = publishable_record(out_dir, job, snapshot.sha, inline or None)
+    record = result.record
 
     with tracker.stage("verify"):
         device = reload_check.check_device(result.model)
