@@ -24,6 +24,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DOWNLOAD = (
+    "import sys; from huggingface_hub import snapshot_download; "
+    "print(snapshot_download(sys.argv[1], local_dir=sys.argv[2]))"
+)
 
 
 def free_port() -> int:
@@ -196,13 +200,25 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: job[k] for k in ("status", "error", "result")}, indent=2))
         if job["status"] != "succeeded":
             return 1
-        from huggingface_hub import snapshot_download  # HF_ENDPOINT is only set for the children: pass it
-
-        local = snapshot_download(
-            job["result"]["repo_id"],
-            endpoint=env["HF_ENDPOINT"],
-            token="local",
-            local_dir=work / "models" / job["result"]["repo_id"].split("/")[-1],
+        # Downloaded by a child with the demo's Hub settings: this process imported huggingface_hub (through
+        # transformers) before they were known, and the client freezes its endpoint and offline mode at import.
+        local = (
+            subprocess.run(
+                [
+                    python,
+                    "-c",
+                    DOWNLOAD,
+                    job["result"]["repo_id"],
+                    str(work / "models" / job["result"]["repo_id"].split("/")[-1]),
+                ],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
         )
         print(f"\ncompressed model pushed to the local Hub as {job['result']['repo_id']} and downloaded to:\n  {local}")
         print(f"load it with: AutoModelForCausalLM.from_pretrained({str(local)!r}, trust_remote_code=True)")

@@ -42,7 +42,6 @@ def _package_dir() -> Path:
 
 def _convert(out: Path) -> None:
     """De-quantize the GGUF file and save it as a safetensors bfloat16 checkpoint into `out`."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # effective only if huggingface_hub is not imported yet
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

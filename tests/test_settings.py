@@ -10,9 +10,10 @@ from app.settings import Settings
 
 def test_production_refuses_embedded_defaults_and_empty_pepper() -> None:
     with pytest.raises(ValidationError) as err:
-        Settings(environment="production", _env_file=None)
+        Settings(environment="production", database_url="sqlite:///x.db", broker_url="filesystem://", _env_file=None)
     text = str(err.value)
     assert "SLIMKIT_DATABASE_URL must point at Postgres" in text and "SLIMKIT_TOKEN_PEPPER" in text
+    assert "SLIMKIT_BROKER_URL must point at Redis" in text
 
 
 def test_production_accepts_a_real_deployment() -> None:
