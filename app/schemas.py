@@ -26,7 +26,10 @@ class Strict(BaseModel):
 
 class Target(Strict):
     ratio: float | None = Field(None, gt=0, le=0.9, description="fraction of decoder attention+MLP params removed")
-    speedup: float | None = Field(None, gt=1, description="not available yet (needs the ratio estimator)")
+    speedup: float | None = Field(None, gt=1, description="not available yet (latency targets are in progress)")
+    allocation: Literal["uniform", "global", "global_pca"] = Field(
+        "uniform", description="spread the ratio uniformly over layers, or by the (PCA-aware) Fisher estimator"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Target:

@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 from slimkit import __version__
 from slimkit.calibration import CalibrationSpec, build_calibration
 from slimkit.errors import InvalidArgument, ReloadMismatch
+from slimkit.estimator import VARIANTS, estimate_layer_targets
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 from slimkit.export import load_compressed, save_compressed
 from slimkit.layerwise import LayerTarget, compress_model
@@ -42,7 +43,8 @@ class CompressionRequest:
     model: str  # local folder or Hub id
     method: str = "intraslice"
     ratio: float = 0.3  # fraction of decoder attention + MLP parameters to remove
-    layer_targets: list[LayerTarget] | None = None  # per-layer ratios; overrides the uniform `ratio`
+    layer_targets: list[LayerTarget] | None = None  # per-layer ratios; overrides `ratio` and `allocation`
+    allocation: str = "uniform"  # how `ratio` is spread over layers: uniform, global, global_pca (estimator)
     revision: str | None = None
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     evaluation: EvalSpec | None = field(default_factory=EvalSpec)
@@ -55,6 +57,8 @@ class CompressionRequest:
 
     def validate(self) -> None:
         method_for(self.method)
+        if self.allocation not in VARIANTS:
+            raise InvalidArgument(f"unknown allocation {self.allocation!r}; choose one of {', '.join(VARIANTS)}")
         if not 0 < self.ratio <= MAX_RATIO:
             raise InvalidArgument(f"ratio must be in (0, {MAX_RATIO}], got {self.ratio}")
         for t in self.layer_targets or []:
@@ -71,6 +75,7 @@ class CompressionRequest:
         return {
             "method": self.method,
             "ratio": self.ratio,
+            "allocation": self.allocation if not self.layer_targets else None,
             "layer_targets": [asdict(t) for t in self.layer_targets] if self.layer_targets else None,
             "calibration": calibration_recipe(self.calibration),
             "dtype": self.dtype,
@@ -153,6 +158,26 @@ def compress(
         before = param_counts(model)
         kv_before = kv_cache_bytes_per_token(model.config)
         targets = request.layer_targets or [LayerTarget(request.ratio, request.ratio)] * model.config.num_hidden_layers
+        allocation = None
+        if request.layer_targets is None and request.allocation != "uniform":
+            notify("estimate", 0, calib.input_ids.shape[0])
+            estimate = estimate_layer_targets(
+                model,
+                tokenizer,
+                request.ratio,
+                variant=request.allocation,
+                calibration=calib,
+                device=device,
+                progress=lambda i, n: notify("estimate", i, n),
+            )
+            targets = estimate.targets
+            allocation = {
+                "variant": estimate.variant,
+                "predicted_ratio": estimate.predicted_ratio,
+                "layers": estimate.layers,
+                "timings_s": estimate.timings_s,
+            }
+            lap("estimate")
         if len(targets) != model.config.num_hidden_layers:
             raise InvalidArgument(f"{len(targets)} layer targets for {model.config.num_hidden_layers} layers")
         notify("compress", 0, model.config.num_hidden_layers)
@@ -195,6 +220,7 @@ def compress(
             },
             "kv_cache_bytes_per_token_fp16": {"before": kv_before, "after": kv_cache_bytes_per_token(model.config)},
             "layer_shapes": get_shapes(model.config),
+            "allocation": allocation,
             "layers": layers,
             "metrics": metrics,
             "device": str(device),

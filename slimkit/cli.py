@@ -14,6 +14,7 @@ from pathlib import Path
 from slimkit.api import CompressionRequest, compress, resolve_device
 from slimkit.calibration import CalibrationSpec
 from slimkit.errors import SlimError
+from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 from slimkit.methods import METHODS
 
@@ -27,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--method", default="intraslice", choices=sorted(METHODS))
     c.add_argument("--ratio", type=float, default=0.3, help="fraction of decoder attention+MLP params to remove")
+    c.add_argument(
+        "--allocation",
+        default="uniform",
+        choices=VARIANTS,
+        help="spread the ratio uniformly, or by the global (PCA-aware) Fisher estimator",
+    )
     c.add_argument("--revision")
     c.add_argument("--calib-text", default="wikitext2_valid", help="file, wikitext2_valid, or hf://datasets/...")
     c.add_argument("--samples", type=int, default=64)
@@ -60,8 +67,8 @@ def _summary(record: dict) -> str:
     before, after = record["params_before"], record["params_after"]
     ratio, metrics, t = record["ratio_achieved"], record["metrics"], record["timings_s"]
     lines = [
-        f"method       {record['recipe']['method']} (target ratio {record['recipe']['ratio']:.2f}), "
-        f"format {record['format']}",
+        f"method       {record['recipe']['method']} (target ratio {record['recipe']['ratio']:.2f}, "
+        f"allocation {record['recipe']['allocation'] or 'per-layer targets'}), format {record['format']}",
         f"attn+MLP     {before['attention_mlp']:,} -> {after['attention_mlp']:,} params "
         f"({ratio['attention_mlp']:.1%} removed)",
         f"no embedding {before['without_embeddings']:,} -> {after['without_embeddings']:,} "
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 method=args.method,
                 ratio=args.ratio,
                 revision=args.revision,
+                allocation=args.allocation,
                 calibration=CalibrationSpec(args.calib_text, args.samples, args.seq_len, args.seed),
                 evaluation=None if args.no_eval else _eval_spec(args),
                 device=args.device,

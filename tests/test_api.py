@@ -39,6 +39,7 @@ def test_submit_returns_202_location_and_queues_a_message(client: TestClient, ma
     assert r.headers["Location"] == f"/jobs/{job['id']}" and int(r.headers["Retry-After"]) > 0
     assert job["status"] == "queued" and job["revision"] == "main" and job["error"] is None
     assert job["request"]["calibration"]["samples"] == 64  # defaults are part of the stored request
+    assert job["request"]["target"]["allocation"] == "uniform"
     assert broker.llen("gpu") == before + 1
 
 
@@ -53,6 +54,7 @@ def test_submit_returns_202_location_and_queues_a_message(client: TestClient, ma
         ({"calibration": {"samples": 0}}, ["body", "calibration", "samples"]),
         ({"output": {"repo_id": "no-namespace"}}, ["body", "output", "repo_id"]),
         ({"surprise": 1}, ["body", "surprise"]),
+        ({"target": {"ratio": 0.3, "allocation": "magic"}}, ["body", "target", "allocation"]),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client: TestClient, make_token, patch: dict, loc: list) -> None:

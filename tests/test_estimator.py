@@ -7,6 +7,7 @@ is finer than the 0.5 % tolerance (the stock tiny fixtures, MLP 256 over 2 layer
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,34 @@ def test_estimator_leaves_the_model_as_it_was(llama: Path) -> None:
         assert float(next_token_loss(model, ids, torch.ones_like(ids, dtype=torch.bool))) == pytest.approx(
             float(model(input_ids=ids, labels=ids).loss), rel=1e-5
         )
+
+
+def test_compress_with_an_estimated_allocation(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from slimkit.cli import main as cli
+
+    rc = cli(
+        [
+            "compress",
+            str(llama),
+            "--ratio",
+            "0.3",
+            "--allocation",
+            "global_pca",
+            "--out",
+            str(tmp_path / "o"),
+            "--samples",
+            "8",
+            "--seq-len",
+            "32",
+            "--no-eval",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert "allocation global_pca" in capsys.readouterr().out
+    record = json.loads((tmp_path / "o" / "compression.json").read_text())
+    assert record["recipe"]["allocation"] == "global_pca"
+    assert record["allocation"]["variant"] == "global_pca" and len(record["allocation"]["layers"]) == 4
+    assert abs(record["ratio_achieved"]["attention_mlp"] - 0.3) <= 0.005  # within half a percentage point
+    assert len({s["intermediate_size"] for s in record["layer_shapes"]}) > 1  # not uniform any more

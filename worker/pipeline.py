@@ -137,6 +137,7 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
         model=str(source),
         method=job.method,
         ratio=body["target"]["ratio"],
+        allocation=body["target"].get("allocation", "uniform"),
         calibration=calibration,
         evaluation=evaluation,
         verify=False,  # the fresh-process check below replaces the engine's in-process one
