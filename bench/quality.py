@@ -61,7 +61,7 @@ def run_one(method: str, ratio: float, args: argparse.Namespace, work_dir: Path)
 
     from bench.memory import MIB, StageMemory, max_rss
     from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, compress
-    from slimkit.api import resolve_device
+    from slimkit.devices import resolve_device
 
     request = CompressionRequest(
         model=str(ensure_smollm2()),

@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from slimkit import __version__
 from slimkit.calibration import CalibrationSpec, build_calibration
+from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument, ReloadMismatch
 from slimkit.estimator import VARIANTS, estimate_layer_targets
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
@@ -97,18 +98,6 @@ class CompressionResult:
     format: str  # "stock" or "slim"
     record: dict[str, Any]  # the contents of compression.json
     model: torch.nn.Module  # the compressed model, in memory (on CPU)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InvalidArgument(f"unknown device {name!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgument("device cuda requested but no CUDA device is available")
-    return device
 
 
 def compress(

@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from slimkit.api import CompressionRequest, compress, resolve_device
+from slimkit.api import CompressionRequest, compress
 from slimkit.calibration import CalibrationSpec
+from slimkit.devices import resolve_device
 from slimkit.errors import SlimError
 from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity

@@ -18,7 +18,7 @@ from accelerate import init_empty_weights
 from tqdm.auto import tqdm
 
 from slimkit.errors import Cancelled
-from slimkit.modeling.modeling_slim import SlimConfig, SlimDecoderLayer, SlimForCausalLM
+from slimkit.modeling.modeling_slim import SlimConfig, SlimDecoderLayer, SlimForCausalLM, attention_mask_for
 from slimkit.shapes import Shape, get_shapes, set_shape
 
 StateDict = dict[str, torch.Tensor]
@@ -49,24 +49,15 @@ class LayerContext:
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """(x (b, T, d), valid (b, T) bool, additive attention mask or None) on the device."""
+        T = self.inputs.shape[1]
         for start in range(0, self.inputs.shape[0], self.batch_size):
             x = self.inputs[start : start + self.batch_size].to(self.device, self.dtype)
             valid = self.token_mask[start : start + self.batch_size].to(self.device)
-            yield x, valid, padding_mask(valid, self.dtype)
+            yield x, valid, attention_mask_for(valid, T, 0, self.config.sliding_window, self.dtype, self.device)
 
     @property
     def shape(self) -> Shape:
         return get_shapes(self.config)[self.index]
-
-
-def padding_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """Causal + key-padding additive mask (b, 1, T, T), or None when no token is padding."""
-    if bool(valid.all()):
-        return None
-    T = valid.shape[1]
-    keep = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()[None, None] & valid[:, None, None, :]
-    keep = keep | ~keep.any(-1, keepdim=True)
-    return torch.zeros(keep.shape, dtype=dtype, device=valid.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 @dataclass

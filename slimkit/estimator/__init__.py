@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from slimkit.calibration import CalibrationBatch, CalibrationSpec, build_calibration
+from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument
 from slimkit.estimator.allocate import allocate, layer_budgets, uniform_targets
 from slimkit.estimator.fisher import GROUP_SIZE, Importances, fisher_importances
@@ -43,14 +44,6 @@ class EstimatorResult:
     layers: list[dict[str, Any]]  # per-layer ratios and importance summary
     timings_s: dict[str, float] = field(default_factory=dict)
     importances: Importances | None = None  # None for `uniform`
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def estimate_layer_targets(
