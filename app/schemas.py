@@ -24,19 +24,45 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Workload(Strict):
+    batch: int = Field(1, ge=1, le=256, description="sequences per request")
+    prompt_tokens: int = Field(512, ge=1, le=32768, description="prompt length (prefilled in one forward)")
+    generated_tokens: int = Field(0, ge=0, le=4096, description="greedy decode steps after the prompt (0: prefill)")
+
+    @model_validator(mode="after")
+    def _timeable(self) -> Workload:
+        if self.batch * (self.prompt_tokens + self.generated_tokens) > 1 << 17:
+            raise ValueError("batch × (prompt_tokens + generated_tokens) must be <= 131072")
+        return self
+
+
 class Target(Strict):
     ratio: float | None = Field(None, gt=0, le=0.9, description="fraction of decoder attention+MLP params removed")
-    speedup: float | None = Field(None, gt=1, description="not available yet (latency targets are in progress)")
-    allocation: Literal["uniform", "global", "global_pca"] = Field(
-        "uniform", description="spread the ratio uniformly over layers, or by the (PCA-aware) Fisher estimator"
+    speedup: float | None = Field(
+        None,
+        gt=1,
+        le=20,
+        description="instead of a ratio: the speed-up of `workload` to reach on the worker's device; measured "
+        "after compression and reported next to the target",
+    )
+    workload: Workload | None = Field(None, description="what a speed-up is measured on (only with speedup)")
+    allocation: Literal["uniform", "global", "global_pca"] | None = Field(
+        None,
+        description="spread the pruning uniformly over layers, or by the (PCA-aware) Fisher estimator; "
+        "default: uniform for a ratio, global_pca for a speed-up",
     )
 
     @model_validator(mode="after")
     def _one_target(self) -> Target:
-        if self.speedup is not None:
-            raise ValueError("speedup targets are not supported yet; give target.ratio")
-        if self.ratio is None:
-            raise ValueError("target.ratio is required")
+        if (self.ratio is None) == (self.speedup is None):
+            raise ValueError("give exactly one of target.ratio or target.speedup")
+        if self.workload is not None and self.speedup is None:
+            raise ValueError("target.workload only applies to a speedup target")
+        # Stored requests say what will run: defaults resolved here, not in the worker.
+        if self.allocation is None:
+            self.allocation = "uniform" if self.ratio is not None else "global_pca"
+        if self.speedup is not None and self.workload is None:
+            self.workload = Workload()
         return self
 
 

@@ -27,15 +27,19 @@ from slimkit import __version__
 from slimkit.calibration import CalibrationSpec, build_calibration
 from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument, ReloadMismatch
-from slimkit.estimator import VARIANTS, estimate_layer_targets
+from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 from slimkit.export import load_compressed, save_compressed
+from slimkit.latency.workload import Workload
 from slimkit.layerwise import LayerTarget, compress_model
 from slimkit.loading import load_source
 from slimkit.methods import method_for
+from slimkit.planning import choose_targets, measure_achieved, prepare_speed
 from slimkit.shapes import get_shapes, kv_cache_bytes_per_token, param_counts
 
 MAX_RATIO = 0.9
+MAX_SPEEDUP = 20.0
+DEFAULT_RATIO = 0.3
 Progress = Callable[[str, int, int], None]
 
 
@@ -43,9 +47,15 @@ Progress = Callable[[str, int, int], None]
 class CompressionRequest:
     model: str  # local folder or Hub id
     method: str = "intraslice"
-    ratio: float = 0.3  # fraction of decoder attention + MLP parameters to remove
-    layer_targets: list[LayerTarget] | None = None  # per-layer ratios; overrides `ratio` and `allocation`
-    allocation: str = "uniform"  # how `ratio` is spread over layers: uniform, global, global_pca (estimator)
+    ratio: float | None = None  # fraction of decoder attention + MLP parameters to remove (default 0.3)
+    speedup: float | None = None  # instead of a ratio: the workload's speed-up to reach on `device`
+    workload: Workload = field(default_factory=Workload)  # what a speed-up is measured on
+    layer_targets: list[LayerTarget] | None = None  # per-layer ratios; overrides ratio/speedup and allocation
+    allocation: str | None = None  # uniform / global / global_pca; default uniform (ratio), global_pca (speed-up)
+    bias: float | None = None  # λ_b, the MLP share of the pruning; default 1 (ratio), searched (speed-up)
+    cap: float = 0.8  # per-layer ratio cap of the estimator and of speed-up allocations
+    frac: int = 1  # importance blocks per head (global estimators)
+    latency_cache: str | None = None  # folder of cached latency profiles (default ~/.cache/slimkit/latency)
     revision: str | None = None
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     evaluation: EvalSpec | None = field(default_factory=EvalSpec)
@@ -56,12 +66,35 @@ class CompressionRequest:
     source_name: str | None = None  # how records name the source (e.g. the Hub id of a downloaded folder)
     source_revision: str | None = None  # the commit the folder was downloaded at
 
+    def target_ratio(self) -> float:
+        return DEFAULT_RATIO if self.ratio is None else self.ratio
+
+    def resolved_allocation(self) -> str:
+        if self.allocation is not None:
+            return self.allocation
+        return "global_pca" if self.speedup is not None else "uniform"
+
     def validate(self) -> None:
         method_for(self.method)
-        if self.allocation not in VARIANTS:
-            raise InvalidArgument(f"unknown allocation {self.allocation!r}; choose one of {', '.join(VARIANTS)}")
-        if not 0 < self.ratio <= MAX_RATIO:
+        allocation = self.resolved_allocation()
+        if allocation not in VARIANTS:
+            raise InvalidArgument(f"unknown allocation {allocation!r}; choose one of {', '.join(VARIANTS)}")
+        if self.ratio is not None and self.speedup is not None:
+            raise InvalidArgument("give a ratio or a speedup target, not both")
+        if not 0 < self.target_ratio() <= MAX_RATIO:
             raise InvalidArgument(f"ratio must be in (0, {MAX_RATIO}], got {self.ratio}")
+        if self.speedup is not None:
+            if not 1 < self.speedup <= MAX_SPEEDUP:
+                raise InvalidArgument(f"speedup must be in (1, {MAX_SPEEDUP}], got {self.speedup}")
+            if self.layer_targets is not None:
+                raise InvalidArgument("a speedup target chooses the per-layer ratios itself; drop layer_targets")
+            self.workload.validate()
+        if not 0 < self.cap <= MAX_RATIO:
+            raise InvalidArgument(f"cap must be in (0, {MAX_RATIO}], got {self.cap}")
+        if self.bias is not None and self.bias < 0:
+            raise InvalidArgument(f"bias must be >= 0, got {self.bias}")
+        if self.frac < 1:
+            raise InvalidArgument(f"frac must be >= 1, got {self.frac}")
         for t in self.layer_targets or []:
             if not (0 <= t.attention <= MAX_RATIO and 0 <= t.mlp <= MAX_RATIO):
                 raise InvalidArgument(f"per-layer ratios must be in [0, {MAX_RATIO}], got {t}")
@@ -73,14 +106,19 @@ class CompressionRequest:
         resolve_device(self.device)
 
     def recipe(self) -> dict[str, Any]:
-        return {
+        recipe: dict[str, Any] = {
             "method": self.method,
-            "ratio": self.ratio,
-            "allocation": self.allocation if not self.layer_targets else None,
+            "ratio": None if self.speedup is not None else self.target_ratio(),
+            "allocation": self.resolved_allocation() if not self.layer_targets else None,
             "layer_targets": [asdict(t) for t in self.layer_targets] if self.layer_targets else None,
             "calibration": calibration_recipe(self.calibration),
             "dtype": self.dtype,
         }
+        if self.speedup is not None:
+            recipe["speedup"] = {"target": self.speedup, "workload": self.workload.to_dict()}
+        if self.resolved_allocation() != "uniform" or self.speedup is not None:
+            recipe["estimator"] = {"bias": self.bias, "cap": self.cap, "frac": self.frac}
+        return recipe
 
 
 def calibration_recipe(spec: CalibrationSpec) -> dict[str, Any]:
@@ -135,6 +173,9 @@ def compress(
                 f"sliding window ({window}); use seq_len <= {window}"
             )
         lap("load")
+        speed = prepare_speed(request, model, device, notify)  # fails here if a speed-up is out of reach
+        if speed is not None:
+            lap("profile")
         notify("calibrate", 0, 1)
         calib = build_calibration(tokenizer, request.calibration)
         lap("calibrate")
@@ -146,27 +187,9 @@ def compress(
             lap("evaluate_dense")
         before = param_counts(model)
         kv_before = kv_cache_bytes_per_token(model.config)
-        targets = request.layer_targets or [LayerTarget(request.ratio, request.ratio)] * model.config.num_hidden_layers
-        allocation = None
-        if request.layer_targets is None and request.allocation != "uniform":
-            notify("estimate", 0, calib.input_ids.shape[0])
-            estimate = estimate_layer_targets(
-                model,
-                tokenizer,
-                request.ratio,
-                variant=request.allocation,
-                calibration=calib,
-                device=device,
-                progress=lambda i, n: notify("estimate", i, n),
-            )
-            targets = estimate.targets
-            allocation = {
-                "variant": estimate.variant,
-                "predicted_ratio": estimate.predicted_ratio,
-                "layers": estimate.layers,
-                "timings_s": estimate.timings_s,
-            }
-            lap("estimate")
+        targets, allocation, speedup = choose_targets(request, model, calib, device, speed, notify)
+        if allocation is not None:
+            lap("plan" if speed is not None else "estimate")
         if len(targets) != model.config.num_hidden_layers:
             raise InvalidArgument(f"{len(targets)} layer targets for {model.config.num_hidden_layers} layers")
         notify("compress", 0, model.config.num_hidden_layers)
@@ -210,6 +233,7 @@ def compress(
             "kv_cache_bytes_per_token_fp16": {"before": kv_before, "after": kv_cache_bytes_per_token(model.config)},
             "layer_shapes": get_shapes(model.config),
             "allocation": allocation,
+            "speedup": speedup,
             "layers": layers,
             "metrics": metrics,
             "device": str(device),
@@ -218,6 +242,11 @@ def compress(
         record["timings_s"] = timings
         fmt = save_compressed(model, source, Path(out_dir), record)
         lap("save")
+        if speedup is not None:
+            notify("measure_speed", 0, 1)
+            store_dtype = model.model.embed_tokens.weight.dtype
+            speedup |= measure_achieved(request, source.path, Path(out_dir), store_dtype, device)
+            lap("measure_speed")
         if request.verify:
             notify("verify", 0, 1)
             record["reload_max_abs_diff"] = verify_reload(model, Path(out_dir), calib.input_ids[:2, :64])

@@ -17,6 +17,7 @@ from slimkit.devices import resolve_device
 from slimkit.errors import SlimError
 from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
+from slimkit.latency.workload import Workload
 from slimkit.methods import METHODS
 
 
@@ -28,13 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model")
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--method", default="intraslice", choices=sorted(METHODS))
-    c.add_argument("--ratio", type=float, default=0.3, help="fraction of decoder attention+MLP params to remove")
+    target = c.add_mutually_exclusive_group()
+    target.add_argument("--ratio", type=float, help="fraction of decoder attention+MLP params to remove (0.3)")
+    target.add_argument("--speedup", type=float, help="instead: the speed-up of the workload to reach on --device")
     c.add_argument(
         "--allocation",
-        default="uniform",
         choices=VARIANTS,
-        help="spread the ratio uniformly, or by the global (PCA-aware) Fisher estimator",
+        help="spread the pruning uniformly, or by the global (PCA-aware) Fisher estimator "
+        "(default: uniform for --ratio, global_pca for --speedup)",
     )
+    c.add_argument("--bias", type=float, help="estimator: MLP share of the pruning, λ_b (default 1; searched)")
+    c.add_argument("--cap", type=float, default=0.8, help="estimator / speed-up: per-layer ratio cap")
+    c.add_argument("--frac", type=int, default=1, help="estimator: importance blocks per head")
+    c.add_argument("--batch", type=int, default=1, help="speed-up workload: sequences per request")
+    c.add_argument("--prompt-tokens", type=int, default=512, help="speed-up workload: prompt length")
+    c.add_argument("--generated-tokens", type=int, default=0, help="speed-up workload: decode steps (0: prefill)")
+    c.add_argument("--latency-cache", help="folder of cached latency profiles (default ~/.cache/slimkit/latency)")
     c.add_argument("--revision")
     c.add_argument("--calib-text", default="wikitext2_valid", help="file, wikitext2_valid, or hf://datasets/...")
     c.add_argument("--samples", type=int, default=64)
@@ -67,9 +77,11 @@ def _eval_spec(args: argparse.Namespace) -> EvalSpec:
 def _summary(record: dict) -> str:
     before, after = record["params_before"], record["params_after"]
     ratio, metrics, t = record["ratio_achieved"], record["metrics"], record["timings_s"]
+    recipe, speed = record["recipe"], record.get("speedup")
+    target = f"target ratio {recipe['ratio']:.2f}" if speed is None else f"target speed-up {speed['target']:.2f}x"
     lines = [
-        f"method       {record['recipe']['method']} (target ratio {record['recipe']['ratio']:.2f}, "
-        f"allocation {record['recipe']['allocation'] or 'per-layer targets'}), format {record['format']}",
+        f"method       {recipe['method']} ({target}, "
+        f"allocation {recipe['allocation'] or 'per-layer targets'}), format {record['format']}",
         f"attn+MLP     {before['attention_mlp']:,} -> {after['attention_mlp']:,} params "
         f"({ratio['attention_mlp']:.1%} removed)",
         f"no embedding {before['without_embeddings']:,} -> {after['without_embeddings']:,} "
@@ -83,6 +95,11 @@ def _summary(record: dict) -> str:
             f"perplexity   {metrics['perplexity_before']:.3f} -> {metrics['perplexity_after']:.3f} "
             f"({metrics['evaluation']['text']}, {metrics['evaluation']['tokens']:,} tokens)"
         )
+    if speed is not None:
+        lines.append(
+            f"speed-up     {speed['measured']:.2f}x measured (predicted {speed['predicted_speedup']:.2f}x, "
+            f"target {speed['target']:.2f}x) on {speed['device']}, ratio {speed['ratio']:.3f}, bias {speed['bias']}"
+        )
     lines.append("time         " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     return "\n".join(lines)
 
@@ -95,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model,
                 method=args.method,
                 ratio=args.ratio,
+                speedup=args.speedup,
+                workload=Workload(args.batch, args.prompt_tokens, args.generated_tokens),
                 revision=args.revision,
                 allocation=args.allocation,
+                bias=args.bias,
+                cap=args.cap,
+                frac=args.frac,
+                latency_cache=args.latency_cache,
                 calibration=CalibrationSpec(args.calib_text, args.samples, args.seq_len, args.seed),
                 evaluation=None if args.no_eval else _eval_spec(args),
                 device=args.device,

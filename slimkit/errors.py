@@ -47,6 +47,16 @@ class HubUnavailable(SlimError):
     code = "hub_unavailable"
 
 
+class SpeedupUnreachable(SlimError):
+    """A speed-up target above what the most aggressive allowed allocation is predicted to reach."""
+
+    code = "speedup_unreachable"
+
+    def __init__(self, message: str, best: float) -> None:
+        super().__init__(message)
+        self.best = best
+
+
 class ReloadMismatch(SlimError):
     code = "reload_mismatch"
 

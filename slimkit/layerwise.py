@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from slimkit.errors import Cancelled
 from slimkit.modeling.modeling_slim import SlimConfig, SlimDecoderLayer, SlimForCausalLM, attention_mask_for
-from slimkit.shapes import Shape, get_shapes, set_shape
+from slimkit.shapes import MLP_ROUND, Shape, attention_params, get_shapes, mlp_params, set_shape
 
 StateDict = dict[str, torch.Tensor]
 
@@ -103,6 +103,39 @@ def run_layer(ctx: LayerContext, layer: SlimDecoderLayer) -> torch.Tensor:
     return outputs
 
 
+class BudgetLedger:
+    """Parameters owed to the targets so far versus parameters removed, across layers.
+
+    Attention moves in coarse steps (whole heads, head widths on an 8-channel grid under GQA) and the MLP
+    in 8-channel steps, so a layer rarely removes exactly its target. Each layer's MLP is asked for its own
+    target plus whatever is still owed (attention's shortfall or excess, earlier layers' rounding), so the
+    model as a whole lands within one MLP step of the requested reduction. An MLP whose target is 0 is left
+    alone (explicit per-layer targets mean it); its debt passes on to the next layer.
+    """
+
+    def __init__(self) -> None:
+        self.owed = 0.0  # parameters the targets asked for so far
+        self.removed = 0  # parameters actually removed so far
+
+    def owe(self, params: float) -> None:
+        self.owed += params
+
+    def pay(self, params: int) -> None:
+        self.removed += params
+
+    def mlp_ratio(self, target: float, mlp_params: int, width: int, limit: float = 0.9) -> float:
+        """The MLP ratio that settles the balance to the nearest `MLP_ROUND` channels, at most `limit`.
+
+        Returned as drop / width with drop a multiple of `MLP_ROUND`, which the MLP pruner maps back to
+        exactly that drop; `target` itself if it is 0.
+        """
+        if target <= 0:
+            return target
+        channels = (self.owed - self.removed) / mlp_params * width
+        drop = round(channels / MLP_ROUND) * MLP_ROUND
+        return min(max(drop, 0), int(limit * width) // MLP_ROUND * MLP_ROUND) / width
+
+
 @torch.no_grad()
 def compress_model(
     model: SlimForCausalLM,
@@ -129,22 +162,30 @@ def compress_model(
     token_mask = attention_mask.bool().to(storage)
     reports = []
     layers = model.model.layers
+    ledger = BudgetLedger()
     bar = tqdm(range(len(layers)), desc=f"{method.name}", unit="layer", disable=not show_progress)
     for i in bar:
         if should_cancel is not None and should_cancel():
             raise Cancelled(f"cancelled before layer {i}")
         layer = layers[i].to(device, compute_dtype)
         ctx = LayerContext(layer, i, config, inputs, token_mask, cos, sin, device, compute_dtype, batch_size)
+        a_params, m_params = attention_params(ctx.shape, config), mlp_params(ctx.shape, config)
         attn = method.prune_attention(ctx, targets[i].attention)
         ctx.layer = rebuild_layer(ctx, attn, store_dtype)
-        mlp = method.prune_mlp(ctx, targets[i].mlp)
+        ledger.owe(targets[i].attention * a_params + targets[i].mlp * m_params)
+        ledger.pay(a_params - attention_params(attn.shape, config))
+        mlp_ratio = ledger.mlp_ratio(targets[i].mlp, m_params, ctx.shape["intermediate_size"])
+        mlp = method.prune_mlp(ctx, mlp_ratio)
         ctx.layer = rebuild_layer(ctx, mlp, store_dtype)
+        ledger.pay(m_params - mlp_params(mlp.shape, config))
         inputs = run_layer(ctx, ctx.layer)
         layers[i] = ctx.layer.to("cpu", store_dtype)
         reports.append(
             {
                 "layer": i,
                 **{f"attention_{k}": v for k, v in attn.report.items()},
+                "mlp_ratio_target": targets[i].mlp,
+                "mlp_ratio_used": mlp_ratio,
                 **{f"mlp_{k}": v for k, v in mlp.report.items()},
             }
         )

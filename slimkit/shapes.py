@@ -14,6 +14,7 @@ import torch
 from slimkit.modeling.modeling_slim import SlimConfig, SlimForCausalLM, layer_shape
 
 Shape = dict[str, Any]
+MLP_ROUND = 8  # MLP channels are dropped in multiples of 8: tensor-core friendly widths
 
 
 def get_shapes(config: SlimConfig) -> list[Shape]:

@@ -48,7 +48,15 @@ def test_submit_returns_202_location_and_queues_a_message(client: TestClient, ma
     [
         ({"target": {"ratio": 0.95}}, ["body", "target", "ratio"]),
         ({"target": {"ratio": 0}}, ["body", "target", "ratio"]),
-        ({"target": {"speedup": 1.5}}, ["body", "target"]),
+        ({"target": {"speedup": 1.0}}, ["body", "target", "speedup"]),
+        ({"target": {"speedup": 1.5, "ratio": 0.3}}, ["body", "target"]),
+        ({"target": {}}, ["body", "target"]),
+        ({"target": {"ratio": 0.3, "workload": {"batch": 2}}}, ["body", "target"]),
+        ({"target": {"speedup": 1.5, "workload": {"batch": 0}}}, ["body", "target", "workload", "batch"]),
+        (
+            {"target": {"speedup": 1.5, "workload": {"batch": 256, "prompt_tokens": 32768}}},
+            ["body", "target", "workload"],
+        ),
         ({"method": "magic"}, ["body", "method"]),
         ({"model": "not a repo"}, ["body", "model"]),
         ({"calibration": {"samples": 0}}, ["body", "calibration", "samples"]),
@@ -63,9 +71,18 @@ def test_bad_input_is_422_naming_the_field(client: TestClient, make_token, patch
     assert any(err["loc"] == loc for err in r.json()["detail"]), r.json()
 
 
-def test_speedup_target_is_refused_with_a_clear_message(client: TestClient, make_token) -> None:
+def test_speedup_target_is_accepted_with_its_defaults_resolved(client: TestClient, make_token) -> None:
     r = client.post("/jobs", json=BODY | {"target": {"speedup": 1.5}}, headers=auth(make_token()))
-    assert "speedup targets are not supported yet" in r.text
+    assert r.status_code == 202, r.text
+    target = r.json()["request"]["target"]
+    assert target == {
+        "ratio": None,
+        "speedup": 1.5,
+        "workload": {"batch": 1, "prompt_tokens": 512, "generated_tokens": 0},
+        "allocation": "global_pca",
+    }
+    both = client.post("/jobs", json=BODY | {"target": {"speedup": 1.5, "ratio": 0.3}}, headers=auth(make_token()))
+    assert "exactly one of target.ratio or target.speedup" in both.text
 
 
 def test_idempotency_key_replays_and_conflicts(client: TestClient, make_token) -> None:

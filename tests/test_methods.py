@@ -41,12 +41,15 @@ def test_least_squares_lowers_every_layers_error(tiny_model: Path) -> None:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_meets_the_same_budget(tiny_llama_gqa: Path, method: str) -> None:
-    model, _ = run(tiny_llama_gqa, method)
+    model, reports = run(tiny_llama_gqa, method)
     shapes = get_shapes(model.config)
-    assert all(s["intermediate_size"] == 256 - 72 for s in shapes)  # round(76.8) -> 72: multiple of 8
+    assert all(s["intermediate_size"] % 8 == 0 for s in shapes)
     assert all(s["qk_head_dim"] % 2 == 0 for s in shapes)
-    ratio = 1 - param_counts(model)["attention_mlp"] / (2 * (2 * 128 * 128 + 2 * 128 * 32 + 3 * 128 * 256))
-    assert 0.25 <= ratio <= 0.33
+    dense = 2 * (2 * 128 * 128 + 2 * 128 * 32 + 3 * 128 * 256)
+    ratio = 1 - param_counts(model)["attention_mlp"] / dense
+    # Attention moves in whole heads and width steps; the MLPs settle the balance to the nearest 8
+    # channels, so the model lands within half an MLP step (3 · 128 · 8 parameters) of the target.
+    assert abs(ratio - 0.3) <= 3 * 128 * 8 / 2 / dense + 1e-9, (ratio, reports)
 
 
 def test_intraslice_and_wanda_choose_differently(tiny_llama_gqa: Path, sample_ids: torch.Tensor) -> None:

@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import VOCAB, make_tokenizer, save_tiny
 from tests.hub_fixtures import LocalHub
 from tests.service_fixtures import BROKER_URL
+from tests.test_speedup import save_wide_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_S = 4
@@ -122,6 +123,7 @@ def sources(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> di
         "tiny": (f"tester/tiny-llama-{tag}", save_model(root / "tiny")),
         "deep": (f"tester/deep-llama-{tag}", save_model(root / "deep", layers=8)),
         "gpt2": (f"tester/tiny-gpt2-{tag}", save_model(root / "gpt2", arch="gpt2")),
+        "wide": (f"tester/wide-llama-{tag}", save_wide_llama(root / "wide")),
     }
     pickled = root / "pickled"
     pickled.mkdir()
@@ -264,6 +266,28 @@ def test_input_failures_end_with_their_code(client: TestClient, headers, worker,
     done = wait_for(client, headers, job_id, finished)
     assert done["status"] == "failed" and done["error"]["code"] == code, done["error"]
     assert done["result"] is None and not (worker.work / job_id).exists()
+
+
+def test_speedup_job_reports_the_measured_speedup(client: TestClient, headers, worker, sources) -> None:
+    from huggingface_hub import ModelCard
+
+    target = {"speedup": 1.2, "workload": {"batch": 4, "prompt_tokens": 128}}
+    job = submit(client, headers, sources["wide"], target=target)
+    done = wait_for(client, headers, job["id"], finished, timeout=180)
+    assert done["status"] == "succeeded", done["error"]
+    speed = done["result"]["speedup"]
+    assert speed["target"] == 1.2 and speed["predicted_speedup"] >= 1.2 and speed["measured"] > 0
+    assert speed["met"] == (speed["measured"] >= 1.2) and speed["workload"]["batch"] == 4
+    assert {"profile", "plan", "measure_speed"} <= set(done["stage_timings"])
+    assert done["result"]["repo_id"].endswith("-intraslice-x1.2")
+    card = ModelCard.load(done["result"]["repo_id"])
+    assert "## Speed" in card.text and f"{speed['measured']:.2f}×" in card.text
+
+    impossible = submit(client, headers, sources["wide"], target=target | {"speedup": 19})
+    failed = wait_for(client, headers, impossible["id"], finished, timeout=120)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "speedup_unreachable", failed["error"]
+    assert "best achievable is" in failed["error"]["message"]
+    assert "calibrate" not in (failed["stage_timings"] or {})
 
 
 def test_push_retries_5xx_then_succeeds(client: TestClient, headers, worker, sources, hub_faults) -> None:

@@ -318,13 +318,14 @@ def test_push_retries_5xx_then_gives_up(local_hub: LocalHub, hub_settings, hub_f
 
 def test_default_repo_id() -> None:
     from app.schemas import REPO_ID
-    from worker.pipeline import default_repo_id
+    from worker.pipeline import default_repo_id, target_label
 
-    assert default_repo_id("HuggingFaceTB/SmolLM2-135M", "intraslice", 0.3, "alice") == (
+    assert default_repo_id("HuggingFaceTB/SmolLM2-135M", "intraslice", target_label({"ratio": 0.3}), "alice") == (
         "alice/SmolLM2-135M-intraslice-30"
     )
-    assert default_repo_id("t/m", "wanda-sp", 0.255, "bob@example.com").endswith("/m-wanda-sp-25.5")
-    long = default_repo_id("t/" + "x" * 96, "intraslice-nocomp", 0.5, "a" * 150)
+    assert default_repo_id("t/m", "wanda-sp", target_label({"ratio": 0.255}), "bob@").endswith("/m-wanda-sp-25.5")
+    assert default_repo_id("t/m", "intraslice", target_label({"speedup": 1.5}), "bob").endswith("/m-intraslice-x1.5")
+    long = default_repo_id("t/" + "x" * 96, "intraslice-nocomp", "50", "a" * 150)
     assert REPO_ID.match(long), long
 
 

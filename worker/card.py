@@ -77,6 +77,34 @@ def _quality(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + protocol
 
 
+def _target(recipe: dict[str, Any], speed: dict[str, Any] | None) -> str:
+    if speed is None:
+        return f"Target: remove {recipe['ratio']:.0%} of the decoder's attention and MLP parameters."
+    return (
+        f"Target: a {speed['target']:.2f}× speed-up (see Speed below); to reach it, "
+        f"{speed['ratio']:.1%} of the decoder's attention and MLP parameters were to be removed."
+    )
+
+
+def _speed(speed: dict[str, Any]) -> str:
+    w = speed.get("workload", {})
+    workload = f"batch {w.get('batch')} × {w.get('prompt_tokens')} prompt tokens" + (
+        f", {w['generated_tokens']} generated tokens" if w.get("generated_tokens") else " (prefill only)"
+    )
+    verdict = "met" if speed.get("met") else "**not met**"
+    return (
+        "| Speed-up | Value |\n|---|---:|\n"
+        f"| Target | {speed['target']:.2f}× |\n"
+        f"| Predicted when planning | {speed['predicted_speedup']:.2f}× |\n"
+        f"| Measured | **{speed['measured']:.2f}×** ({verdict}) |\n"
+        f"| Best achievable (every layer at the cap) | {speed['best_achievable']:.2f}× |\n\n"
+        f"Measured on {speed.get('device', '?')} in {speed.get('dtype', '?')}, workload {workload}: the base "
+        f"model and this one, each loaded with `from_pretrained`, timed alternately ({speed.get('repeats', '?')} "
+        f"runs each, medians {speed['dense_s']:.4g} s → {speed['compressed_s']:.4g} s). Speed depends on "
+        "the device, dtype, batch and sequence lengths: measure on yours."
+    )
+
+
 def _calibration(calibration: dict[str, Any], label: str | None) -> str:
     source = label or f"`{calibration.get('text', '?')}`"
     return (
@@ -112,7 +140,7 @@ def render(
         f"A structurally pruned version of [{base_model}]({hub_url.rstrip('/')}/{base_model}){revision}, "
         f"made with slimkit {record.get('slimkit_version', '?')} using the **{method}** method.",
         "## What was done",
-        f"Target: remove {recipe['ratio']:.0%} of the decoder's attention and MLP parameters. Achieved: "
+        f"{_target(recipe, record.get('speedup'))} Achieved: "
         f"{ratio['attention_mlp']:.1%} of attention + MLP, {ratio['without_embeddings']:.1%} of the model "
         f"without embeddings, {ratio['total']:.1%} of the whole model (embeddings and the LM head are kept). "
         "Whole heads, head dimensions and MLP channels were removed, so the result is a smaller dense model "
@@ -125,6 +153,8 @@ def render(
             if kv["before"] != kv["after"]
             else f"KV cache: unchanged at {kv['before']:,} bytes per token (fp16)."
         )
+    if record.get("speedup"):
+        parts += ["## Speed", _speed(record["speedup"])]
     parts += [
         "## Quality",
         _quality(record.get("metrics", {})),

@@ -31,6 +31,7 @@ from app.models import Job, JobStatus
 from app.settings import get_settings
 from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, compress
 from slimkit.errors import Cancelled, SlimError
+from slimkit.latency.workload import Workload
 from worker import card, claim, hub, reload_check
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,19 @@ class Tracker:
         if claim.cancel_requested(self.job_id):
             raise Cancelled(f"cancelled by the owner during {self._stage or 'start-up'}")
 
-    def progress(self, stage: str, layer: int | None = None, layers: int | None = None) -> None:
-        """Write progress when the stage changes, on the last layer, or at most once per `min_interval_s`."""
+    def progress(
+        self, stage: str, layer: int | None = None, layers: int | None = None, fraction: float | None = None
+    ) -> None:
+        """Write progress when the stage changes, on the last layer, or at most once per `min_interval_s`.
+
+        `fraction` of the stage done defaults to layer / layers (0 for stages without steps).
+        """
         now = time.monotonic()
         changed = stage != self._stage
         last_layer = layer is not None and layer == layers
         if changed or last_layer or now - self._written_at >= self.min_interval_s:
-            fraction = layer / layers if layer is not None and layers else 0.0
+            if fraction is None:
+                fraction = layer / layers if layer is not None and layers else 0.0
             if not claim.set_progress(self.job_id, self.worker, stage, layer, layers, round(fraction, 4)):
                 raise LeaseLost(self.job_id)
             self._written_at = now
@@ -84,7 +91,10 @@ class Tracker:
         """The engine's callback: its own stages (load, calibrate, evaluate_dense, compress, …) and layers."""
         if stage != self._stage:
             self.check_cancel()
-        self.progress(stage, done if stage == "compress" else None, total if stage == "compress" else None)
+        if stage == "compress":  # layer i of N
+            self.progress(stage, done, total)
+        else:  # e.g. the gradient pass (`estimate`: windows done) or the latency profile (widths timed)
+            self.progress(stage, fraction=done / total if total else 0.0)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = round(seconds, 3)
@@ -99,10 +109,16 @@ class Tracker:
         self.add_time(name, time.perf_counter() - start)
 
 
-def default_repo_id(model: str, method: str, ratio: float, namespace: str) -> str:
-    """`<namespace>/<name>-<method>-<pct>`, e.g. alice/SmolLM2-135M-intraslice-30, within Hub name rules."""
-    pct = f"{ratio * 100:.4g}"
-    suffix = f"-{method}-{pct}"
+def target_label(target: dict[str, Any]) -> str:
+    """`30` for a 30 % ratio target, `x1.5` for a 1.5× speed-up target."""
+    if target.get("speedup") is not None:
+        return f"x{target['speedup']:.3g}"
+    return f"{target['ratio'] * 100:.4g}"
+
+
+def default_repo_id(model: str, method: str, label: str, namespace: str) -> str:
+    """`<namespace>/<name>-<method>-<label>`, e.g. alice/SmolLM2-135M-intraslice-30, within Hub name rules."""
+    suffix = f"-{method}-{label}"
     name = model.split("/")[-1][: 96 - len(suffix)] + suffix
     namespace = re.sub(r"[^A-Za-z0-9_.-]+", "-", namespace).strip("-.") or "slimkit"
     return f"{namespace[:96]}/{name}"
@@ -115,7 +131,7 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
     (`inline:sha256:<digest>`), so `compression.json` and the recipe hash never contain worker paths.
     """
     body = job.request
-    cal, ev = body.get("calibration", {}), body.get("evaluation", {})
+    cal, ev, target = body.get("calibration", {}), body.get("evaluation", {}), body["target"]
     label = record_name = None
     if cal.get("text"):
         text_file = job_dir / "calibration.txt"
@@ -136,8 +152,11 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
     request = CompressionRequest(
         model=str(source),
         method=job.method,
-        ratio=body["target"]["ratio"],
-        allocation=body["target"].get("allocation", "uniform"),
+        ratio=target.get("ratio"),
+        speedup=target.get("speedup"),
+        workload=Workload(**target["workload"]) if target.get("workload") else Workload(),
+        allocation=target.get("allocation"),
+        latency_cache=str(get_settings().work_dir / "latency-cache"),
         calibration=calibration,
         evaluation=evaluation,
         verify=False,  # the fresh-process check below replaces the engine's in-process one
@@ -191,9 +210,10 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
 
     pushed = None
     if output.get("push", True):
-        ratio = job.request["target"]["ratio"]
+        target = job.request["target"]
+        target_name = target_label(target)
         repo_id = output.get("repo_id") or default_repo_id(
-            job.model, job.method, ratio, settings.hub_namespace or job.owner
+            job.model, job.method, target_name, settings.hub_namespace or job.owner
         )
         with tracker.stage("push"):
             (out_dir / "README.md").write_text(
@@ -203,7 +223,7 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
                 out_dir,
                 repo_id,
                 private=output.get("private", True),
-                commit_message=f"{job.method} {ratio:.0%} of {job.model}@{snapshot.sha[:12]} (slimkit job {job.id})",
+                commit_message=f"{job.method} {target_name} of {job.model}@{snapshot.sha[:12]} (slimkit job {job.id})",
             )
     metrics = record.get("metrics", {})
     return {
@@ -215,6 +235,7 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
         "params_before": record["params_before"],
         "params_after": record["params_after"],
         "ratio_achieved": record["ratio_achieved"],
+        "speedup": speedup_summary(record.get("speedup")),
         "perplexity_before": metrics.get("perplexity_before"),
         "perplexity_after": metrics.get("perplexity_after"),
         "evaluation": metrics.get("evaluation"),
@@ -223,6 +244,14 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
         "stage_timings_s": dict(tracker.timings),
         "slimkit_version": record.get("slimkit_version"),
     }
+
+
+def speedup_summary(speed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a job result says about a speed-up target (the full search is in compression.json)."""
+    if speed is None:
+        return None
+    keys = ("target", "measured", "met", "predicted_speedup", "best_achievable", "ratio", "bias", "device")
+    return {k: speed.get(k) for k in keys} | {"workload": speed.get("workload")}
 
 
 def claim_cancel(tracker: Tracker) -> Callable[[], bool]:

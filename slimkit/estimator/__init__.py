@@ -29,7 +29,7 @@ from slimkit.estimator.allocate import allocate, layer_budgets, uniform_targets
 from slimkit.estimator.fisher import GROUP_SIZE, Importances, fisher_importances
 from slimkit.estimator.snap import predicted_ratio, snap_targets
 from slimkit.layerwise import LayerTarget
-from slimkit.modeling.modeling_slim import SlimForCausalLM
+from slimkit.modeling.modeling_slim import SlimConfig, SlimForCausalLM
 
 VARIANTS = ("uniform", "global", "global_pca")
 MAX_CAP = 0.9  # the engine refuses per-layer ratios above 0.9
@@ -93,7 +93,30 @@ def estimate_layer_targets(
         batch = build_calibration(tokenizer, calibration or CalibrationSpec())
     timings["calibrate"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
-    importances = fisher_importances(
+    importances = measure_importances(model, batch, variant, device, progress, frac, group_size, tokens_per_step)
+    timings["gradients"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
+    targets = targets_from_importances(importances, config, ratio, bias, cap)
+    timings["allocate"] = round(time.perf_counter() - clock, 3)
+    return EstimatorResult(
+        targets, variant, ratio, predicted_ratio(targets, config), _summary(targets, importances), timings, importances
+    )
+
+
+def measure_importances(
+    model: SlimForCausalLM,
+    batch: CalibrationBatch,
+    variant: str,
+    device: str | torch.device = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    frac: int = 1,
+    group_size: int = GROUP_SIZE,
+    tokens_per_step: int = 8192,
+) -> Importances:
+    """The gradient pass of `global` / `global_pca` (rotated head gradients for the latter)."""
+    if variant not in VARIANTS[1:]:
+        raise InvalidArgument(f"importances are measured for the global variants, not {variant!r}")
+    return fisher_importances(
         model,
         batch.input_ids,
         batch.attention_mask,
@@ -104,14 +127,14 @@ def estimate_layer_targets(
         tokens_per_step=tokens_per_step,
         progress=progress,
     )
-    timings["gradients"] = round(time.perf_counter() - clock, 3)
-    clock = time.perf_counter()
-    raw = allocate(importances.attention, importances.mlp, config, ratio, bias, cap, frac)
-    targets = snap_targets(raw, config, ratio, cap)
-    timings["allocate"] = round(time.perf_counter() - clock, 3)
-    return EstimatorResult(
-        targets, variant, ratio, predicted_ratio(targets, config), _summary(targets, importances), timings, importances
-    )
+
+
+def targets_from_importances(
+    importances: Importances, config: SlimConfig, ratio: float, bias: float = 1.0, cap: float = 0.8
+) -> list[LayerTarget]:
+    """One global ranking per module type, capped, then snapped to the engine's MLP grid."""
+    raw = allocate(importances.attention, importances.mlp, config, ratio, bias, cap, importances.frac)
+    return snap_targets(raw, config, ratio, cap)
 
 
 def _summary(targets: list[LayerTarget], importances: Importances | None) -> list[dict[str, Any]]:
@@ -132,4 +155,6 @@ __all__ = [
     "Importances",
     "estimate_layer_targets",
     "layer_budgets",
+    "measure_importances",
+    "targets_from_importances",
 ]

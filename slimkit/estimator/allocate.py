@@ -23,9 +23,8 @@ import torch
 
 from slimkit.errors import InvalidArgument
 from slimkit.layerwise import LayerTarget
-from slimkit.methods.mlp_prune import ROUND
 from slimkit.modeling.modeling_slim import SlimConfig
-from slimkit.shapes import attention_params, get_shapes, mlp_params
+from slimkit.shapes import MLP_ROUND, attention_params, get_shapes, mlp_params
 
 TOL = 1e-9
 
@@ -85,7 +84,7 @@ def uniform_targets(config: SlimConfig, ratio: float, bias: float = 1.0, cap: fl
         raise InvalidArgument("uniform allocation needs a model whose layers all have the same shape")
     _, r_m = module_ratios(budgets, ratio, bias, cap)
     b, shape = budgets[0], get_shapes(config)[0]
-    limit = int(cap * b.mlp_units) // ROUND * ROUND
+    limit = int(cap * b.mlp_units) // MLP_ROUND * MLP_ROUND
 
     def pair(drop: int) -> tuple[float, float, float]:  # (|error| in parameters, attention ratio, MLP ratio)
         removed_mlp = b.mlp_params - mlp_params(dict(shape, intermediate_size=b.mlp_units - drop), config)
@@ -93,9 +92,9 @@ def uniform_targets(config: SlimConfig, ratio: float, bias: float = 1.0, cap: fl
         error = abs(ratio * (b.attention_params + b.mlp_params) - removed_mlp - r_a * b.attention_params)
         return error, r_a, drop / b.mlp_units
 
-    below = int(r_m * b.mlp_units) // ROUND * ROUND  # the two grid points around s·λ_b; nearest on ties
-    nearest = round(r_m * b.mlp_units / ROUND) * ROUND
-    candidates = sorted({min(d, limit) for d in (below, below + ROUND)}, key=lambda d: d != nearest)
+    below = int(r_m * b.mlp_units) // MLP_ROUND * MLP_ROUND  # the two grid points around s·λ_b; nearest on ties
+    nearest = round(r_m * b.mlp_units / MLP_ROUND) * MLP_ROUND
+    candidates = sorted({min(d, limit) for d in (below, below + MLP_ROUND)}, key=lambda d: d != nearest)
     _, r_a, r_m = min((pair(d) for d in candidates), key=lambda p: p[0])
     return [LayerTarget(r_a, r_m)] * config.num_hidden_layers
 

@@ -23,9 +23,9 @@ unless the cap binds everywhere; attention's plan search adds its own small, dat
 from __future__ import annotations
 
 from slimkit.layerwise import LayerTarget
-from slimkit.methods.mlp_prune import ROUND, dropped_channels
+from slimkit.methods.mlp_prune import dropped_channels
 from slimkit.modeling.modeling_slim import SlimConfig
-from slimkit.shapes import attention_params, get_shapes, mlp_params
+from slimkit.shapes import MLP_ROUND, attention_params, get_shapes, mlp_params
 
 
 def predicted_removed(targets: list[LayerTarget], config: SlimConfig) -> tuple[float, int]:
@@ -48,13 +48,15 @@ def snap_targets(targets: list[LayerTarget], config: SlimConfig, ratio: float, c
     """MLP ratios on the engine's 8-channel grid, nudged so the predicted total meets `ratio` (see module doc)."""
     shapes = get_shapes(config)
     widths = [s["intermediate_size"] for s in shapes]
-    limits = [min(int(cap * w) // ROUND * ROUND, (w - 1) // ROUND * ROUND) for w in widths]
-    drops = [min(round(t.mlp * w / ROUND) * ROUND, lim) for t, w, lim in zip(targets, widths, limits, strict=True)]
+    limits = [min(int(cap * w) // MLP_ROUND * MLP_ROUND, (w - 1) // MLP_ROUND * MLP_ROUND) for w in widths]
+    drops = [
+        min(round(t.mlp * w / MLP_ROUND) * MLP_ROUND, lim) for t, w, lim in zip(targets, widths, limits, strict=True)
+    ]
 
     def step_params(i: int) -> int:  # parameters one 8-channel step removes in layer i
         w = widths[i]
         return mlp_params(dict(shapes[i], intermediate_size=w), config) - mlp_params(
-            dict(shapes[i], intermediate_size=w - ROUND), config
+            dict(shapes[i], intermediate_size=w - MLP_ROUND), config
         )
 
     steps = [step_params(i) for i in range(len(widths))]
@@ -65,9 +67,9 @@ def snap_targets(targets: list[LayerTarget], config: SlimConfig, ratio: float, c
         moved = False
         for i in sorted(range(len(widths)), key=lambda i: -drops[i] / widths[i]):
             sign = 1 if error > 0 else -1
-            if not 0 <= drops[i] + sign * ROUND <= limits[i] or abs(error - sign * steps[i]) >= abs(error):
+            if not 0 <= drops[i] + sign * MLP_ROUND <= limits[i] or abs(error - sign * steps[i]) >= abs(error):
                 continue
-            drops[i] += sign * ROUND
+            drops[i] += sign * MLP_ROUND
             error -= sign * steps[i]
             moved = True
     return _with_drops(targets, drops, widths)

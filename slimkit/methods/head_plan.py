@@ -3,7 +3,10 @@
 IntraSlice spends a channel budget K on the o_proj input (D = n_h × d_h channels): channel scores pick the
 top-K channels, heads that got almost none of them go, a greedy pass deletes further heads while that
 raises the spectral objective, a floor keeps every head at least 3/4 of its original width, and every
-kept head gets the same even width k ≈ K / #kept.
+kept head gets the same width k ≈ K / #kept, a multiple of `width_step(d_h)`: 8 for heads of 32 channels
+or more (tensor cores, and PyTorch's flash / memory-efficient SDPA kernels want head widths that are
+multiples of 8), 2 (whole RoPE pairs) for the tiny heads of test models, where a step of 8 would leave
+no width between the floor and the full head.
 
 Under GQA a KV head only disappears with the last of its query heads, so the parameters saved are not
 proportional to K. We therefore search K for the plan whose *parameter count* is closest to the layer's
@@ -22,8 +25,16 @@ import torch
 @dataclass(frozen=True)
 class HeadPlan:
     heads: tuple[int, ...]  # kept query heads (original indices, ascending)
-    width: int  # per-head q/k and v/o width (even)
+    width: int  # per-head q/k and v/o width (a multiple of `width_step`)
     kv_heads: tuple[int, ...]  # KV heads still read by some kept query head
+
+
+MIN_WIDTH_FRAC = 0.75  # step (c): kept heads stay at least this fraction of their original width
+
+
+def width_step(head_dim: int) -> int:
+    """Granularity of a pruned head's width (see the module doc); always even, so RoPE pairs stay whole."""
+    return 8 if head_dim >= 32 and head_dim % 8 == 0 else 2
 
 
 def plan_for_budget(
@@ -32,7 +43,7 @@ def plan_for_budget(
     spectra_cum: torch.Tensor,  # (n_h, d_h + 1): spectra_cum[i, j] = Σ_{j' < j} S[i, j']
     head_dim: int,
     kv_of: list[int],
-    min_width_frac: float = 0.75,
+    min_width_frac: float = MIN_WIDTH_FRAC,
 ) -> HeadPlan:
     n = len(counts)
     total = spectra_cum[:, -1].tolist()
@@ -59,7 +70,8 @@ def plan_for_budget(
         if K / (len(kept) - 1) > head_dim:
             break
         kept.remove(weakest)
-    width = min(head_dim, max(2, round(K / len(kept) / 2) * 2))  # (d) even: RoPE pairs stay whole
+    step = width_step(head_dim)
+    width = min(head_dim, max(step, round(K / len(kept) / step) * step))  # (d) on the width grid
     heads = tuple(sorted(kept))
     return HeadPlan(heads, width, tuple(sorted({kv_of[i] for i in heads})))
 

@@ -12,9 +12,7 @@ import torch
 from slimkit.layerwise import LayerContext, Replacement
 from slimkit.linalg import nystrom_compensation, reconstruction_error
 from slimkit.methods.attention_stats import accumulate
-from slimkit.shapes import mlp_params
-
-ROUND = 8  # drop channels in multiples of 8: tensor-core friendly widths
+from slimkit.shapes import MLP_ROUND, mlp_params
 
 
 @torch.no_grad()
@@ -32,7 +30,7 @@ def collect_mlp_moment(ctx: LayerContext) -> torch.Tensor:
 
 
 def dropped_channels(width: int, ratio: float) -> int:
-    return min(width - 1, round(width * ratio) // ROUND * ROUND)
+    return min(width - 1, round(width * ratio) // MLP_ROUND * MLP_ROUND)
 
 
 def prune_mlp(ctx: LayerContext, ratio: float, score: str, compensate: bool) -> Replacement:

@@ -1,0 +1,189 @@
+"""From a speed-up target to per-layer ratios: predict, check reachability early, search the allocation.
+
+Prediction. The dense model is timed whole on the workload (`dense_s`, real kernels, embedding and head
+included); a candidate allocation saves, per layer, what the latency profile says its narrower attention
+and MLP save: predicted time = dense_s − κ · Σ_l savings_l. κ = min(1, decoder share of dense_s / the
+profile's dense layers): isolated modules can time slower than inside a model (colder caches), and a
+saving can never exceed the time the decoder actually takes.
+
+Reachability. The fastest allocation the engine may produce is every layer at the per-layer cap; if even
+that misses the target, the job fails before calibration with the best achievable value.
+
+Search. For a bias λ_b (MLP share of the pruning, §3.5), the global ratio s is bisected for the smallest
+allocation whose predicted speed-up meets the target: least pruning, so least quality loss under that
+split. With the Fisher estimator's importances several λ_b are tried and the one whose removed units carry
+the least Fisher importance (the estimator's own second-order loss estimate, ½ Σ removed I, as in
+Fisher-based latency-constrained pruning) wins; `bias` pins λ_b instead. `uniform` has no importances,
+so it uses one λ_b (1 unless pinned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimkit.errors import InvalidArgument, SpeedupUnreachable
+from slimkit.estimator import Importances, targets_from_importances
+from slimkit.estimator.allocate import uniform_targets
+from slimkit.estimator.snap import predicted_ratio
+from slimkit.latency.profile import LatencyProfile, dense_layer_shape
+from slimkit.layerwise import LayerTarget
+from slimkit.methods.mlp_prune import dropped_channels
+from slimkit.modeling.modeling_slim import SlimConfig
+
+BIASES = (0.5, 0.75, 1.0, 1.25, 1.5)
+BISECT_STEPS = 24
+
+
+@dataclass
+class SpeedModel:
+    """Predicted workload time of an allocation, from the layer profile and the dense model's time."""
+
+    profile: LatencyProfile
+    config: SlimConfig
+    dense_s: float  # the whole dense model on the workload (median)
+
+    def __post_init__(self) -> None:
+        shape = dense_layer_shape(self.config)
+        self.width = shape["intermediate_size"]
+        self.layer_s = self.profile.attention_seconds(0.0) + self.profile.mlp_seconds(self.width)
+        decoder = self.config.num_hidden_layers * self.layer_s
+        self.scale = min(1.0, self.dense_s / decoder) if decoder > 0 else 0.0
+
+    def seconds(self, targets: list[LayerTarget]) -> float:
+        saved = 0.0
+        for t in targets:
+            kept = self.width - dropped_channels(self.width, t.mlp)
+            layer = self.profile.attention_seconds(t.attention) + self.profile.mlp_seconds(kept)
+            saved += self.layer_s - layer
+        return self.dense_s - self.scale * saved
+
+    def speedup(self, targets: list[LayerTarget]) -> float:
+        return self.dense_s / max(self.seconds(targets), 1e-12)
+
+
+def best_achievable(speed: SpeedModel, cap: float) -> float:
+    """Predicted speed-up with every layer's attention and MLP at the cap: the most the engine can do."""
+    return speed.speedup([LayerTarget(cap, cap)] * speed.config.num_hidden_layers)
+
+
+def check_reachable(speed: SpeedModel, target: float, cap: float, where: str) -> float:
+    """The best achievable speed-up; `SpeedupUnreachable` naming it when the target is above it."""
+    best = best_achievable(speed, cap)
+    if best < target:
+        raise SpeedupUnreachable(
+            f"a {target:.2f}x speed-up is out of reach for {where}: the best achievable is {best:.2f}x "
+            f"(every layer pruned to the per-layer cap {cap}); ask for at most {best:.2f}x, a heavier workload "
+            "(larger batch or prompt), or another device",
+            best=best,
+        )
+    return best
+
+
+def estimated_loss(importances: Importances, targets: list[LayerTarget], config: SlimConfig) -> float:
+    """½ Σ Fisher importance of the units the targets remove (each layer's least important first)."""
+    total = 0.0
+    for t, attn, mlp in zip(targets, importances.attention, importances.mlp, strict=True):
+        units = attn.flatten().double().sort().values
+        total += float(units[: round(t.attention * units.numel())].sum())
+        channels = mlp.double().sort().values
+        total += float(channels[: dropped_channels(channels.numel(), t.mlp)].sum())
+    return 0.5 * total
+
+
+@dataclass
+class SpeedupPlan:
+    targets: list[LayerTarget]
+    ratio: float  # the global ratio chosen
+    bias: float
+    predicted_speedup: float
+    best_achievable: float
+    estimated_loss: float | None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "ratio": self.ratio,
+            "bias": self.bias,
+            "predicted_speedup": self.predicted_speedup,
+            "best_achievable": self.best_achievable,
+            "estimated_loss": self.estimated_loss,
+            "candidates": self.candidates,
+        }
+
+
+def _smallest_ratio(
+    speed: SpeedModel, target: float, cap: float, targets_for: Callable[[float], list[LayerTarget]]
+) -> tuple[float, list[LayerTarget]] | None:
+    """Bisect the global ratio for the least pruning whose predicted speed-up meets `target`."""
+    hi_targets = None
+    for top in (cap, cap - 1e-3, cap - 1e-2):  # at the cap itself whole units may not fit under it
+        try:
+            hi_targets = targets_for(top)
+            break
+        except InvalidArgument:
+            continue
+    if hi_targets is None or speed.speedup(hi_targets) < target:
+        return None
+    lo, hi = 0.0, cap
+    for _ in range(BISECT_STEPS):
+        mid = (lo + hi) / 2
+        try:
+            candidate = targets_for(mid)
+        except InvalidArgument:  # e.g. a bias that cannot be placed under the cap at this ratio
+            lo = mid
+            continue
+        if speed.speedup(candidate) >= target:
+            hi, hi_targets = mid, candidate
+        else:
+            lo = mid
+    return hi, hi_targets
+
+
+def plan_speedup(
+    speed: SpeedModel,
+    target: float,
+    cap: float,
+    importances: Importances | None,
+    bias: float | None = None,
+) -> SpeedupPlan:
+    """The allocation meeting `target` with the least (estimated) quality loss; see the module doc."""
+    config = speed.config
+    best = check_reachable(speed, target, cap, "this model")
+    biases = (bias,) if bias is not None else (BIASES if importances is not None else (1.0,))
+    candidates: list[dict[str, Any]] = []
+    chosen: SpeedupPlan | None = None
+    for lam in biases:
+
+        def targets_for(s: float, lam: float = lam) -> list[LayerTarget]:
+            if importances is None:
+                return uniform_targets(config, s, lam, cap)
+            return targets_from_importances(importances, config, s, lam, cap)
+
+        found = _smallest_ratio(speed, target, cap, targets_for)
+        if found is None:
+            candidates.append({"bias": lam, "reachable": False})
+            continue
+        s, targets = found
+        loss = estimated_loss(importances, targets, config) if importances is not None else None
+        plan = SpeedupPlan(targets, s, lam, speed.speedup(targets), best, loss)
+        candidates.append(
+            {
+                "bias": lam,
+                "reachable": True,
+                "ratio": s,
+                "predicted_ratio": predicted_ratio(targets, config),
+                "predicted_speedup": plan.predicted_speedup,
+                "estimated_loss": loss,
+            }
+        )
+        if chosen is None or (loss is not None and chosen.estimated_loss is not None and loss < chosen.estimated_loss):
+            chosen = plan
+    if chosen is None:  # the cap is reachable but no split's allocation gets there (rounding at the cap)
+        raise SpeedupUnreachable(
+            f"a {target:.2f}x speed-up is not reachable with the allocations tried; the best achievable is {best:.2f}x",
+            best=best,
+        )
+    chosen.candidates = candidates
+    return chosen
