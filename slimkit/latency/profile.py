@@ -52,7 +52,7 @@ MAX_INNER = 64
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("SLIMKIT_CACHE_DIR") or Path.home() / ".cache" / "slimkit"
+    root = os.environ.get("SLIMKIT_CACHE") or Path.home() / ".cache" / "slimkit"
     return Path(root) / "latency"
 
 
