@@ -81,9 +81,13 @@ def follow(client: httpx.Client, job_id: str, headers: dict[str, str]) -> dict:
             if bar is not None:
                 bar.close()
             stage = job["stage"]
-            bar = tqdm(total=progress.get("layers") or 1, desc=f"{stage or 'queued':>10}", unit="layer")
+            layers = progress.get("layers")
+            bar = tqdm(total=layers or 100, desc=f"{stage or 'queued':>13}", unit="layer" if layers else "%")
         if bar is not None and progress.get("layer") is not None:
             bar.n = progress["layer"]
+            bar.refresh()
+        elif bar is not None and progress.get("fraction"):  # stages without layers (gradient pass, profile)
+            bar.n = round(100 * progress["fraction"])
             bar.refresh()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             if bar is not None:
@@ -92,11 +96,21 @@ def follow(client: httpx.Client, job_id: str, headers: dict[str, str]) -> dict:
         time.sleep(1)
 
 
+def target_body(args: argparse.Namespace) -> dict[str, object]:
+    target: dict[str, object] = {"speedup": args.speedup} if args.speedup else {"ratio": args.ratio or 0.3}
+    if args.allocation:
+        target["allocation"] = args.allocation
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "demo")
     parser.add_argument("--method", default="intraslice")
-    parser.add_argument("--ratio", type=float, default=0.3)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--ratio", type=float, help="fraction of attention+MLP parameters to remove (default 0.3)")
+    target.add_argument("--speedup", type=float, help="instead: a prefill speed-up (1 × 512 tokens) on this machine")
+    parser.add_argument("--allocation", choices=("uniform", "global", "global_pca"), help="default: as the API")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-max-tokens", type=int, default=16384)
@@ -188,14 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         body = {
             "model": SOURCE_REPO,
             "method": args.method,
-            "target": {"ratio": args.ratio},
+            "target": target_body(args),
             "calibration": {"samples": args.samples, "seq_len": args.seq_len},
             "evaluation": {"max_tokens": args.eval_max_tokens},
         }
         with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client:
             submitted = client.post("/jobs", json=body, headers=headers)
             submitted.raise_for_status()
-            print(f"submitted job {submitted.json()['id']} ({args.method}, ratio {args.ratio}) — logs in {logs}")
+            target_text = f"speed-up {args.speedup}x" if args.speedup else f"ratio {args.ratio or 0.3}"
+            print(f"submitted job {submitted.json()['id']} ({args.method}, {target_text}) — logs in {logs}")
             job = follow(client, submitted.json()["id"], headers)
         print(json.dumps({k: job[k] for k in ("status", "error", "result")}, indent=2))
         if job["status"] != "succeeded":

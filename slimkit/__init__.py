@@ -5,6 +5,15 @@ __version__ = "0.1.0"
 from slimkit.api import CompressionRequest, CompressionResult, compress
 from slimkit.calibration import CalibrationSpec
 from slimkit.evaluate import EvalSpec
+from slimkit.latency import Workload
 from slimkit.layerwise import LayerTarget
 
-__all__ = ["CalibrationSpec", "CompressionRequest", "CompressionResult", "EvalSpec", "LayerTarget", "compress"]
+__all__ = [
+    "CalibrationSpec",
+    "CompressionRequest",
+    "CompressionResult",
+    "EvalSpec",
+    "LayerTarget",
+    "Workload",
+    "compress",
+]

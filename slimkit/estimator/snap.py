@@ -7,7 +7,9 @@ What the engine does with a layer target (so what "snapped" means here):
 - attention: searches the head plan (kept heads, one even width per layer for whole RoPE pairs, KV heads
   that lose all their query heads removed) whose *parameter count* is closest to (1 − r)·params. Which
   plan wins depends on calibration statistics of the already-pruned model, so it cannot be known here;
-  it is predicted as exactly (1 − r)·params (its error is at most about one width step).
+  it is predicted as exactly (1 − r)·params. Whatever attention misses by (up to a head or a width step),
+  the engine's budget ledger (`slimkit.layerwise.BudgetLedger`) asks of the same layer's MLP, so the
+  global total still lands on target; the per-layer split between attention and MLP moves a little.
 
 Snapping rules:
 1. each layer's MLP drop becomes the multiple of 8 *nearest* to I·r (not the floor), never more than the
@@ -17,7 +19,7 @@ Snapping rules:
    ones the estimator found least important, so a step costs least there), one step per layer per round;
 3. the MLP ratio is written as drop/I exactly, which `dropped_channels` maps back to the same drop.
 The predicted global reduction ends within half an 8-channel step (3·8·d parameters) of the target
-unless the cap binds everywhere; attention's plan search adds its own small, data-dependent error.
+unless the cap binds everywhere; the ledger absorbs attention's data-dependent error.
 """
 
 from __future__ import annotations
