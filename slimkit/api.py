@@ -25,6 +25,8 @@ from transformers.utils import logging as hf_logging
 
 from slimkit import __version__
 from slimkit.calibration import CalibrationSpec, build_calibration
+from slimkit.depth import compress_depth
+from slimkit.depth.similarity import removed_layers
 from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument, ReloadMismatch
 from slimkit.estimator import VARIANTS
@@ -33,7 +35,7 @@ from slimkit.export import load_compressed, save_compressed
 from slimkit.latency.workload import Workload
 from slimkit.layerwise import LayerTarget, compress_model
 from slimkit.loading import load_source
-from slimkit.methods import method_for
+from slimkit.methods import is_depth_method, method_for
 from slimkit.planning import choose_targets, measure_achieved, prepare_speed
 from slimkit.shapes import get_shapes, kv_cache_bytes_per_token, param_counts
 
@@ -83,6 +85,13 @@ class CompressionRequest:
             raise InvalidArgument("give a ratio or a speedup target, not both")
         if not 0 < self.target_ratio() <= MAX_RATIO:
             raise InvalidArgument(f"ratio must be in (0, {MAX_RATIO}], got {self.ratio}")
+        if is_depth_method(self.method) and (
+            self.speedup is not None or self.layer_targets is not None or allocation != "uniform"
+        ):
+            raise InvalidArgument(
+                f"{self.method} removes whole layers: give a ratio (uniform allocation), not a speedup, "
+                "per-layer targets or an estimator allocation"
+            )
         if self.speedup is not None:
             if not 1 < self.speedup <= MAX_SPEEDUP:
                 raise InvalidArgument(f"speedup must be in (1, {MAX_SPEEDUP}], got {self.speedup}")
@@ -172,6 +181,8 @@ def compress(
                 f"calibration seq_len {request.calibration.seq_len} exceeds the model's "
                 f"sliding window ({window}); use seq_len <= {window}"
             )
+        if is_depth_method(request.method):
+            removed_layers(request.target_ratio(), model.config.num_hidden_layers)  # a whole layer at least
         lap("load")
         speed = prepare_speed(request, model, device, notify)  # fails here if a speed-up is out of reach
         if speed is not None:
@@ -187,24 +198,41 @@ def compress(
             lap("evaluate_dense")
         before = param_counts(model)
         kv_before = kv_cache_bytes_per_token(model.config)
-        targets, allocation, speedup = choose_targets(request, model, calib, device, speed, notify)
-        if allocation is not None:
-            lap("plan" if speed is not None else "estimate")
-        if len(targets) != model.config.num_hidden_layers:
-            raise InvalidArgument(f"{len(targets)} layer targets for {model.config.num_hidden_layers} layers")
-        notify("compress", 0, model.config.num_hidden_layers)
-        layers = compress_model(
-            model,
-            calib.input_ids,
-            calib.attention_mask,
-            method_for(request.method),
-            targets,
-            device,
-            request.batch_size,
-            progress=lambda i, n: notify("compress", i, n),
-            should_cancel=should_cancel,
-            show_progress=show_progress,
-        )
+        depth = None
+        if is_depth_method(request.method):
+            notify("similarity", 0, model.config.num_hidden_layers)
+            depth = compress_depth(
+                model,
+                calib.input_ids,
+                calib.attention_mask,
+                method_for(request.method),
+                request.target_ratio(),
+                device,
+                request.batch_size,
+                progress=notify,
+                should_cancel=should_cancel,
+                show_progress=show_progress,
+            )
+            layers, allocation, speedup = depth.pop("layers"), None, None
+        else:
+            targets, allocation, speedup = choose_targets(request, model, calib, device, speed, notify)
+            if allocation is not None:
+                lap("plan" if speed is not None else "estimate")
+            if len(targets) != model.config.num_hidden_layers:
+                raise InvalidArgument(f"{len(targets)} layer targets for {model.config.num_hidden_layers} layers")
+            notify("compress", 0, model.config.num_hidden_layers)
+            layers = compress_model(
+                model,
+                calib.input_ids,
+                calib.attention_mask,
+                method_for(request.method),
+                targets,
+                device,
+                request.batch_size,
+                progress=lambda i, n: notify("compress", i, n),
+                should_cancel=should_cancel,
+                show_progress=show_progress,
+            )
         lap("compress")
         after = param_counts(model)
         if windows is not None:
@@ -234,13 +262,15 @@ def compress(
             "layer_shapes": get_shapes(model.config),
             "allocation": allocation,
             "speedup": speedup,
+            "depth": depth,
             "layers": layers,
             "metrics": metrics,
             "device": str(device),
         }
         notify("save", 0, 1)
         record["timings_s"] = timings
-        fmt = save_compressed(model, source, Path(out_dir), record)
+        sources = [group[0] for group in depth["groups"]] if depth else None
+        fmt = save_compressed(model, source, Path(out_dir), record, layer_sources=sources)
         lap("save")
         if speedup is not None:
             notify("measure_speed", 0, 1)

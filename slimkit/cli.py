@@ -95,6 +95,13 @@ def _summary(record: dict) -> str:
             f"perplexity   {metrics['perplexity_before']:.3f} -> {metrics['perplexity_after']:.3f} "
             f"({metrics['evaluation']['text']}, {metrics['evaluation']['tokens']:,} tokens)"
         )
+    if record.get("depth"):
+        depth = record["depth"]
+        merged = [g for g in depth["groups"] if len(g) > 1]
+        lines.append(
+            f"layers       {depth['layers_before']} -> {depth['layers_after']} ({depth['removed_layers']} removed; "
+            + (f"merged {merged})" if merged else "dropped the rest)")
+        )
     if speed is not None:
         lines.append(
             f"speed-up     {speed['measured']:.2f}x measured (predicted {speed['predicted_speedup']:.2f}x, "

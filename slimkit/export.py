@@ -56,12 +56,15 @@ def uniform_stock_shape(config: SlimConfig) -> Shape | None:
     return first
 
 
-def _stock_model(model: SlimForCausalLM, source: SourceModel) -> torch.nn.Module | None:
+def _stock_model(
+    model: SlimForCausalLM, source: SourceModel, layer_sources: list[int] | None
+) -> torch.nn.Module | None:
     shape = uniform_stock_shape(model.config)
     if shape is None:
         return None
     config = source.adapter.stock_config(
         source.config,
+        layer_sources=layer_sources,
         num_hidden_layers=model.config.num_hidden_layers,
         num_attention_heads=shape["num_attention_heads"],
         num_key_value_heads=shape["num_key_value_heads"],
@@ -94,17 +97,24 @@ def _stock_model(model: SlimForCausalLM, source: SourceModel) -> torch.nn.Module
 
 
 def save_compressed(
-    model: SlimForCausalLM, source: SourceModel, out_dir: Path, recipe: dict[str, Any], fmt: str = "auto"
+    model: SlimForCausalLM,
+    source: SourceModel,
+    out_dir: Path,
+    recipe: dict[str, Any],
+    fmt: str = "auto",
+    layer_sources: list[int] | None = None,
 ) -> str:
     """Save weights, config, tokenizer and `compression.json`; returns the format written.
 
     fmt: "auto" (stock when the shapes allow it, else slim) or "slim" (always ship the modeling file).
+    layer_sources: after depth compression, the source layer each new layer inherits its per-layer
+    settings from (see `ArchAdapter.stock_config`).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        stock = _stock_model(model, source) if fmt == "auto" else None
+        stock = _stock_model(model, source, layer_sources) if fmt == "auto" else None
         if stock is not None:
             stock.save_pretrained(tmp)
             fmt = "stock"

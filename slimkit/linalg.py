@@ -33,17 +33,29 @@ def eigh_desc(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.flip(0).clamp_min(0), vectors.flip(1)
 
 
-def nystrom_compensation(W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def solve_ridge(A: torch.Tensor, B: torch.Tensor, ridge: float) -> torch.Tensor:
+    """X = (A + ridge·I)^{-1} B for symmetric PSD A and an absolute ridge > 0 (FlattenGPT's λ)."""
+    L, info = torch.linalg.cholesky_ex(A + ridge * torch.eye(A.shape[0], dtype=A.dtype, device=A.device))
+    if int(info) == 0:
+        return torch.cholesky_solve(B, L)
+    return solve_psd(A + ridge * torch.eye(A.shape[0], dtype=A.dtype, device=A.device), B)
+
+
+def nystrom_compensation(
+    W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, ridge: float | None = None
+) -> torch.Tensor:
     """P2: the W' minimising E‖W h − W' h_S‖² for a consumer W (out × I) of inputs h with moment H.
 
-    W' = W[:, S] + W[:, R] · B with Bᵀ = (H_SS + δI)^{-1} H_SR. Everything float64.
+    W' = W[:, S] + W[:, R] · B with Bᵀ = (H_SS + δI)^{-1} H_SR: δ = 1 % of the mean diagonal, or the
+    absolute `ridge` (ridge least squares, FlattenGPT). Everything float64.
     """
     mask = torch.zeros(H.shape[0], dtype=torch.bool, device=H.device)
     mask[keep] = True
     drop = (~mask).nonzero().squeeze(1)
     if drop.numel() == 0:
         return W[:, keep].clone()
-    Bt = solve_psd(H[keep][:, keep], H[keep][:, drop])  # (K, R)
+    A, B = H[keep][:, keep], H[keep][:, drop]
+    Bt = solve_psd(A, B) if ridge is None else solve_ridge(A, B, ridge)  # (K, R)
     return W[:, keep] + W[:, drop] @ Bt.T
 
 

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from slimkit.calibration import CalibrationSpec, build_calibration
 from slimkit.layerwise import LayerTarget, compress_model
 from slimkit.loading import load_source
-from slimkit.methods import METHODS, method_for
+from slimkit.methods import WIDTH_METHODS, method_for
 from slimkit.methods.head_plan import plan_for_budget, search_plan
 from slimkit.shapes import get_shapes, param_counts
 
@@ -39,7 +39,7 @@ def test_least_squares_lowers_every_layers_error(tiny_model: Path) -> None:
         assert r["mlp_error_compensated"] < r["mlp_error_plain"], r
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(WIDTH_METHODS))
 def test_every_method_meets_the_same_budget(tiny_llama_gqa: Path, method: str) -> None:
     model, reports = run(tiny_llama_gqa, method)
     shapes = get_shapes(model.config)

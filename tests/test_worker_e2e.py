@@ -290,6 +290,22 @@ def test_speedup_job_reports_the_measured_speedup(client: TestClient, headers, w
     assert "calibrate" not in (failed["stage_timings"] or {})
 
 
+def test_flattengpt_job_pushes_a_stock_model(client: TestClient, headers, worker, sources) -> None:
+    from huggingface_hub import ModelCard
+
+    job = submit(client, headers, sources["deep"], method="flattengpt", target={"ratio": 0.25})
+    done = wait_for(client, headers, job["id"], finished, timeout=180)
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert result["format"] == "stock" and result["repo_id"].endswith("-flattengpt-25")
+    assert result["ratio_achieved"]["attention_mlp"] == pytest.approx(0.25)
+    card = ModelCard.load(result["repo_id"])
+    assert "Depth compression: 8 → 6 decoder layers" in card.text and "trust_remote_code" not in card.text
+    model = T.AutoModelForCausalLM.from_pretrained(result["repo_id"])  # stock: no remote code
+    assert model.config.num_hidden_layers == 6
+    assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
+
+
 def test_push_retries_5xx_then_succeeds(client: TestClient, headers, worker, sources, hub_faults) -> None:
     hub_faults.fail_commits = 2
     repo_id = f"alice/retried-{uuid.uuid4().hex[:6]}"

@@ -77,6 +77,30 @@ def _quality(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + protocol
 
 
+def _structure(depth: dict[str, Any] | None) -> str:
+    if depth is None:
+        return (
+            "Whole heads, head dimensions and MLP channels were removed, so the result is a smaller dense model "
+            "that runs faster without sparse kernels."
+        )
+    merged = [g for g in depth["groups"] if len(g) > 1]
+    kept = {i for g in depth["groups"] for i in g}
+    dropped = sorted(set(range(depth["layers_before"])) - kept)
+    how = []
+    if merged:
+        how.append(
+            "adjacent layers " + ", ".join("+".join(map(str, g)) for g in merged) + " were flattened into one "
+            "layer each and pruned back to the original width"
+        )
+    if dropped:
+        how.append("layers " + ", ".join(map(str, dropped)) + " were dropped")
+    return (
+        f"Depth compression: {depth['layers_before']} → {depth['layers_after']} decoder layers; "
+        + "; ".join(how)
+        + ". Every layer keeps the original shape, so the model is the stock architecture with fewer layers."
+    )
+
+
 def _target(recipe: dict[str, Any], speed: dict[str, Any] | None) -> str:
     if speed is None:
         return f"Target: remove {recipe['ratio']:.0%} of the decoder's attention and MLP parameters."
@@ -143,8 +167,7 @@ def render(
         f"{_target(recipe, record.get('speedup'))} Achieved: "
         f"{ratio['attention_mlp']:.1%} of attention + MLP, {ratio['without_embeddings']:.1%} of the model "
         f"without embeddings, {ratio['total']:.1%} of the whole model (embeddings and the LM head are kept). "
-        "Whole heads, head dimensions and MLP channels were removed, so the result is a smaller dense model "
-        "that runs faster without sparse kernels.",
+        + _structure(record.get("depth")),
         _params_table(record["params_before"], record["params_after"]),
     ]
     if kv:

@@ -93,11 +93,27 @@ class ArchAdapter(ABC):
         """Inverse of `to_canonical`: the family's own tensor names for one layer."""
         return dict(layer)
 
-    def stock_config(self, source: PreTrainedConfig, **changes: Any) -> PreTrainedConfig:
-        """The source config with uniform shape changes (heads, widths, depth) applied."""
+    def stock_config(
+        self, source: PreTrainedConfig, layer_sources: list[int] | None = None, **changes: Any
+    ) -> PreTrainedConfig:
+        """The source config with uniform shape changes (heads, widths, depth) applied.
+
+        `layer_sources[i]`: the source layer whose per-layer settings new layer i inherits (depth methods;
+        a merged group inherits from its first layer). Per-layer lists (`layer_types`, any list as long as
+        the source's layer count) are re-indexed, and `max_window_layers` (the first layers that attend
+        fully) is recounted, so the new stack keeps every layer's attention type.
+        """
         fields = source.to_dict()
         for key in ("architectures", "transformers_version", "_name_or_path", "quantization_config"):
             fields.pop(key, None)
+        if layer_sources is not None:
+            n_layers = source.num_hidden_layers
+            for key, value in list(fields.items()):
+                if isinstance(value, list) and len(value) == n_layers and key != "architectures":
+                    fields[key] = [value[i] for i in layer_sources]
+            if isinstance(fields.get("max_window_layers"), int):
+                fields["max_window_layers"] = sum(i < fields["max_window_layers"] for i in layer_sources)
+            changes = {"num_hidden_layers": len(layer_sources), **changes}
         fields.update(changes)
         fields.pop("model_type", None)
         return AutoConfig.for_model(source.model_type, **fields)

@@ -1,20 +1,36 @@
-"""Registry of compression methods: name -> layer method. A new method = one file + one line here."""
+"""Registry of compression methods. A new method = one file + one line here.
+
+Width methods (`LayerMethod`) shrink every layer in place, driven by `slimkit.layerwise`; depth methods
+(`DepthMethod`) remove whole layers, driven by `slimkit.depth`.
+"""
 
 from __future__ import annotations
 
+from slimkit.depth import DepthMethod
+from slimkit.depth.flattengpt import FlattenGPT
+from slimkit.depth.shortgpt import ShortGPT
 from slimkit.errors import InvalidArgument
 from slimkit.layerwise import LayerMethod
 from slimkit.methods.intraslice import IntraSlice
 from slimkit.methods.wanda_sp import WandaSP
 
-METHODS: dict[str, LayerMethod] = {
+WIDTH_METHODS: dict[str, LayerMethod] = {
     "intraslice": IntraSlice(),
     "intraslice-nocomp": IntraSlice(compensate=False),
     "wanda-sp": WandaSP(),
 }
+DEPTH_METHODS: dict[str, DepthMethod] = {
+    "flattengpt": FlattenGPT(),
+    "shortgpt": ShortGPT(),
+}
+METHODS: dict[str, LayerMethod | DepthMethod] = {**WIDTH_METHODS, **DEPTH_METHODS}
 
 
-def method_for(name: str) -> LayerMethod:
+def method_for(name: str) -> LayerMethod | DepthMethod:
     if name not in METHODS:
         raise InvalidArgument(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def is_depth_method(name: str) -> bool:
+    return name in DEPTH_METHODS
