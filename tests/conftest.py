@@ -106,9 +106,13 @@ def make_tokenizer() -> T.PreTrainedTokenizerFast:
     )
 
 
-def save_tiny(name: str, path: Path, seed: int = 0) -> Path:
+def save_tiny(name: str, path: Path, seed: int = 0, layers: int | None = None) -> Path:
     torch.manual_seed(seed)
     config = TINY_CONFIGS[name]()
+    if layers is not None:  # a deeper variant (depth methods)
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = [config.layer_types[0]] * layers
     model = T.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # non-trivial norms and biases, so a fusion bug cannot hide behind ones and zeros
         for pname, p in model.named_parameters():

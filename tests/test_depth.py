@@ -18,26 +18,13 @@ from slimkit.loading import load_source
 from slimkit.modeling.modeling_slim import SlimDecoderLayer
 from slimkit.shapes import get_shapes
 
-from .conftest import TINY_CONFIGS, make_tokenizer
+from .conftest import save_tiny
 
 FAMILIES = ("llama_gqa", "qwen2", "phi3")
 
 
 def save_deep(name: str, path: Path, layers: int = 4) -> Path:
-    """A tiny family checkpoint with more layers (non-trivial norms and biases, as in conftest)."""
-    torch.manual_seed(0)
-    config = TINY_CONFIGS[name]()
-    config.num_hidden_layers = layers
-    if hasattr(config, "layer_types"):
-        config.layer_types = ["full_attention"] * layers
-    model = T.AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(1 + 0.3 * torch.randn_like(p) if "norm" in pname else 0.1 * torch.randn_like(p))
-    model.save_pretrained(path)
-    make_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny(name, path, layers=layers)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

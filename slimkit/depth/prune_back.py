@@ -23,7 +23,7 @@ import torch
 from slimkit.layerwise import LayerContext
 from slimkit.linalg import nystrom_compensation, reconstruction_error, solve_psd, solve_ridge
 from slimkit.methods.attention_stats import accumulate, attend, project
-from slimkit.methods.mlp_prune import collect_mlp_moment
+from slimkit.methods.mlp_prune import collect_mlp_moment, selected_mlp_state
 
 StateDict = dict[str, torch.Tensor]
 
@@ -113,12 +113,4 @@ def prune_mlp_back(ctx: LayerContext, width: int, ridge_factor: float) -> tuple[
         "mlp_error_plain": reconstruction_error(W_d, C, W_d[:, keep], select, C, C),
         "mlp_error_compensated": reconstruction_error(W_d, C, W_new, select, C, C),
     }
-    state = {
-        "mlp.gate_proj.weight": mlp.gate_proj.weight.double()[keep],
-        "mlp.up_proj.weight": mlp.up_proj.weight.double()[keep],
-        "mlp.down_proj.weight": W_new,
-    }
-    if mlp.gate_proj.bias is not None:
-        state["mlp.gate_proj.bias"] = mlp.gate_proj.bias.double()[keep]
-        state["mlp.up_proj.bias"] = mlp.up_proj.bias.double()[keep]
-    return state, report
+    return selected_mlp_state(mlp, keep, W_new), report

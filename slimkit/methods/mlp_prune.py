@@ -33,6 +33,19 @@ def dropped_channels(width: int, ratio: float) -> int:
     return min(width - 1, round(width * ratio) // MLP_ROUND * MLP_ROUND)
 
 
+def selected_mlp_state(mlp: torch.nn.Module, keep: torch.Tensor, down: torch.Tensor) -> dict[str, torch.Tensor]:
+    """gate/up rows (and biases) of the kept channels with the new down_proj, float64."""
+    state = {
+        "mlp.gate_proj.weight": mlp.gate_proj.weight.double()[keep],
+        "mlp.up_proj.weight": mlp.up_proj.weight.double()[keep],
+        "mlp.down_proj.weight": down,
+    }
+    if mlp.gate_proj.bias is not None:
+        state["mlp.gate_proj.bias"] = mlp.gate_proj.bias.double()[keep]
+        state["mlp.up_proj.bias"] = mlp.up_proj.bias.double()[keep]
+    return state
+
+
 def prune_mlp(ctx: LayerContext, ratio: float, score: str, compensate: bool) -> Replacement:
     """score: "energy" (H_cc ‖W_d[:, c]‖², IntraSlice) or "wanda" (‖h_c‖ Σ_i |W_d[i, c]|, Wanda-sp)."""
     mlp, shape = ctx.layer.mlp, ctx.shape
@@ -56,14 +69,7 @@ def prune_mlp(ctx: LayerContext, ratio: float, score: str, compensate: bool) -> 
         report["error_compensated"] = reconstruction_error(W_d, H, W_new, select, H, H)
     else:
         W_new = W_plain
-    state = {
-        "mlp.gate_proj.weight": mlp.gate_proj.weight.double()[keep],
-        "mlp.up_proj.weight": mlp.up_proj.weight.double()[keep],
-        "mlp.down_proj.weight": W_new,
-    }
-    if mlp.gate_proj.bias is not None:
-        state["mlp.gate_proj.bias"] = mlp.gate_proj.bias.double()[keep]
-        state["mlp.up_proj.bias"] = mlp.up_proj.bias.double()[keep]
+    state = selected_mlp_state(mlp, keep, W_new)
     new_shape = dict(shape, intermediate_size=width - drop)
     report["params_after"] = mlp_params(new_shape, ctx.config)
     return Replacement(state, new_shape, report)
