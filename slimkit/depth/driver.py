@@ -35,9 +35,17 @@ class DepthMethod(Protocol):
         ...
 
     def merge(
-        self, layers: list[SlimDecoderLayer], config: SlimConfig, context_for: ContextFor, store_dtype: torch.dtype
+        self,
+        layers: list[SlimDecoderLayer],
+        config: SlimConfig,
+        context_for: ContextFor,
+        store_dtype: torch.dtype,
+        serial: torch.Tensor,
     ) -> tuple[SlimDecoderLayer, dict[str, Any]]:
-        """One layer of the dense shape standing for `layers` (on the device, compute dtype) + a report."""
+        """One layer of the dense shape standing for `layers` (on the device, compute dtype) + a report.
+
+        `serial`: the group's own outputs on the calibration inputs, (n, T, d) like the inputs.
+        """
         ...
 
 
@@ -96,7 +104,7 @@ def compress_depth(
             serial = inputs
             for i, source in zip(group, sources, strict=True):
                 serial = run_layer(_with_inputs(context_for(source, config, i), serial), source)
-            layer, merge_report = method.merge(sources, config, context_for, store_dtype)
+            layer, merge_report = method.merge(sources, config, context_for, store_dtype, serial)
             outputs = run_layer(context_for(layer, config, group[0]), layer)
             report |= merge_report | {"output_error": _relative_update_error(outputs, serial, inputs, token_mask)}
             for source in sources:

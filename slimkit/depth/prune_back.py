@@ -23,7 +23,7 @@ import torch
 from slimkit.layerwise import LayerContext
 from slimkit.linalg import nystrom_compensation, reconstruction_error, solve_psd, solve_ridge
 from slimkit.methods.attention_stats import accumulate, attend, project
-from slimkit.methods.mlp_prune import collect_mlp_moment, selected_mlp_state
+from slimkit.methods.mlp_prune import selected_mlp_state
 
 StateDict = dict[str, torch.Tensor]
 
@@ -98,19 +98,54 @@ def ridge_leverage(C: torch.Tensor, ridge: float) -> torch.Tensor:
     return solve_ridge(C, C, ridge).diagonal()  # (C + λI)^{-1} C has the same diagonal
 
 
-def prune_mlp_back(ctx: LayerContext, width: int, ridge_factor: float) -> tuple[StateDict, dict[str, Any]]:
-    """New MLP tensors keeping `width` channels by ridge leverage, down_proj ridge-compensated."""
+@torch.no_grad()
+def mlp_moments(ctx: LayerContext, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """C = Σ ψψᵀ over the down_proj inputs ψ and, given the group's serial outputs t, B = Σ ψ (t − h)ᵀ.
+
+    h is the merged layer's stream after its (pruned) attention, so B is what down_proj should add to
+    reach the serial group's output.
+    """
+    layer = ctx.layer
+    width = layer.mlp.down_proj.in_features
+    C = torch.zeros(width, width, dtype=torch.float64, device=ctx.device)
+    B = None if targets is None else torch.zeros(width, ctx.config.hidden_size, dtype=torch.float64, device=ctx.device)
+    start = 0
+    for x, valid, mask in ctx.batches():
+        h = x + layer.self_attn(layer.input_layernorm(x), ctx.cos, ctx.sin, mask)
+        u = layer.post_attention_layernorm(h)
+        psi = (layer.mlp.act_fn(layer.mlp.gate_proj(u)) * layer.mlp.up_proj(u))[valid]
+        accumulate(C, psi)
+        if B is not None:
+            t = targets[start : start + x.shape[0]].to(ctx.device, ctx.dtype)
+            accumulate(B, psi, (t - h)[valid])
+        start += x.shape[0]
+    return C, B
+
+
+def prune_mlp_back(
+    ctx: LayerContext, width: int, ridge_factor: float, targets: torch.Tensor | None = None
+) -> tuple[StateDict, dict[str, Any]]:
+    """New MLP tensors keeping `width` channels by ridge leverage, down_proj compensated.
+
+    Without `targets`: the paper's ridge Nyström towards the wide merged MLP. With the group's serial
+    outputs as `targets`: down_proj refitted by least squares (1 % damping) so that the layer's output
+    reproduces the *serial* group's, which also absorbs part of the flattening error.
+    """
     mlp = ctx.layer.mlp
-    C = collect_mlp_moment(ctx)  # (m·I, m·I)
+    C, B = mlp_moments(ctx, targets)  # (m·I, m·I), (m·I, d)
     ridge = ridge_factor * float(C.diagonal().mean())  # the mean eigenvalue is trace / size
     scores = ridge_leverage(C, ridge)
     keep = scores.topk(width).indices.sort().values
     W_d = mlp.down_proj.weight.double()  # (d, m·I)
-    W_new = nystrom_compensation(W_d, C, keep, ridge=ridge)
     select = torch.eye(C.shape[0], dtype=torch.float64, device=C.device)[:, keep]
-    report = {
+    report: dict[str, Any] = {
         "ridge": ridge,
         "mlp_error_plain": reconstruction_error(W_d, C, W_d[:, keep], select, C, C),
-        "mlp_error_compensated": reconstruction_error(W_d, C, W_new, select, C, C),
     }
+    if B is None:
+        W_new = nystrom_compensation(W_d, C, keep, ridge=ridge)
+    else:
+        W_new = solve_psd(C[keep][:, keep], B[keep]).T  # (d, width)
+        report["mlp_target"] = "serial"
+    report["mlp_error_compensated"] = reconstruction_error(W_d, C, W_new, select, C, C)
     return selected_mlp_state(mlp, keep, W_new), report

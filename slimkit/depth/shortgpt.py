@@ -23,6 +23,11 @@ class ShortGPT:
         return lowest_influence_kept(similarity, remove)
 
     def merge(
-        self, layers: list[SlimDecoderLayer], config: SlimConfig, context_for: ContextFor, store_dtype: torch.dtype
+        self,
+        layers: list[SlimDecoderLayer],
+        config: SlimConfig,
+        context_for: ContextFor,
+        store_dtype: torch.dtype,
+        serial: torch.Tensor,
     ) -> tuple[SlimDecoderLayer, dict[str, Any]]:
         raise AssertionError("ShortGPT drops layers; it never merges")

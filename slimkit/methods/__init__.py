@@ -21,6 +21,7 @@ WIDTH_METHODS: dict[str, LayerMethod] = {
 }
 DEPTH_METHODS: dict[str, DepthMethod] = {
     "flattengpt": FlattenGPT(),
+    "flattengpt-paper": FlattenGPT("flattengpt-paper", serial_target=False),
     "shortgpt": ShortGPT(),
 }
 METHODS: dict[str, LayerMethod | DepthMethod] = {**WIDTH_METHODS, **DEPTH_METHODS}
