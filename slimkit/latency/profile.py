@@ -133,30 +133,53 @@ def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def _median_seconds(setup: Callable[[], Any], call: Callable[[Any], None], device: torch.device, repeats: int) -> float:
-    """Median seconds per `call`; a sample repeats the call until it lasts MIN_SAMPLE_S (setup untimed)."""
-    state = setup()
-    call(state)  # warm-up (kernel selection, allocator)
-    sync(device)
-    start = time.perf_counter()
-    call(state)
-    sync(device)
-    once = max(time.perf_counter() - start, 1e-7)
-    inner = max(1, min(MAX_INNER, int(MIN_SAMPLE_S / once)))
-    samples = []
-    for _ in range(repeats):
-        state = setup()
+@dataclass
+class Probe:
+    """One timed call: `setup` (untimed) builds the call's state, `call` runs it once."""
+
+    setup: Callable[[], Any]
+    call: Callable[[Any], None]
+    inner: int = 1  # calls per sample, so that a sample lasts at least MIN_SAMPLE_S
+
+
+def interleaved_medians(
+    probes: list[Probe], device: torch.device, repeats: int, progress: Callable[[int, int], None] | None = None
+) -> list[float]:
+    """Median seconds per call of each probe, sampled round-robin (all probes, then all again, …).
+
+    Interleaving matters: timed one after the other, the first candidates run on a colder machine (caches,
+    allocator, thread pool, clocks) and look slower than they are, which inflates what pruning saves.
+    """
+    for probe in probes:  # warm-up round, and how many calls make one sample
+        state = probe.setup()
+        probe.call(state)
         sync(device)
         start = time.perf_counter()
-        for _ in range(inner):
-            call(state)
+        probe.call(state)
         sync(device)
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
+        once = max(time.perf_counter() - start, 1e-7)
+        probe.inner = max(1, min(MAX_INNER, int(MIN_SAMPLE_S / once)))
+    samples: list[list[float]] = [[] for _ in probes]
+    for round_ in range(repeats):
+        for probe, out in zip(probes, samples, strict=True):
+            state = probe.setup()
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(probe.inner):
+                probe.call(state)
+            sync(device)
+            out.append((time.perf_counter() - start) / probe.inner)
+        if progress is not None:
+            progress(round_ + 1, repeats)
+    return [statistics.median(out) for out in samples]
 
 
 class _Bench:
-    """Random inputs and RoPE tables for timing one layer's modules under a workload."""
+    """Random inputs and RoPE tables for timing one layer's modules under a workload.
+
+    Each module becomes weighted probes: its prefill call (weight 1) and, with generated tokens, one decode
+    step against a KV cache of the workload's mean context (weight = generated tokens).
+    """
 
     def __init__(self, config: SlimConfig, workload: Workload, device: torch.device, dtype: torch.dtype) -> None:
         self.config, self.workload, self.device, self.dtype = config, workload, device, dtype
@@ -178,38 +201,34 @@ class _Bench:
         set_shapes(config, [shape])
         return config
 
+    def _weighted(self, prefill: Probe, step: Probe) -> list[tuple[Probe, int]]:
+        generated = self.workload.generated_tokens
+        return [(prefill, 1)] + ([(step, generated)] if generated else [])
+
     @torch.inference_mode()
-    def attention(self, shape: Shape, repeats: int) -> float:
+    def attention(self, shape: Shape) -> list[tuple[Probe, int]]:
         with torch.device(self.device):
             attn = SlimAttention(self.module_config(shape), 0).to(self.dtype).eval()
-        total = _median_seconds(
-            lambda: None, lambda _: attn(self.x_prefill, self.cos, self.sin, self.mask_prefill), self.device, repeats
-        )
-        if self.workload.generated_tokens:
-            B, n_kv, context = self.workload.batch, shape["num_key_value_heads"], self.workload.context_tokens
-            k = torch.randn(B, n_kv, context, shape["qk_head_dim"], device=self.device, dtype=self.dtype)
-            v = torch.randn(B, n_kv, context, shape["v_head_dim"], device=self.device, dtype=self.dtype)
+        B, n_kv, context = self.workload.batch, shape["num_key_value_heads"], self.workload.context_tokens
+        k = torch.randn(B, n_kv, context, shape["qk_head_dim"], device=self.device, dtype=self.dtype)
+        v = torch.randn(B, n_kv, context, shape["v_head_dim"], device=self.device, dtype=self.dtype)
 
-            def fresh_cache() -> DynamicCache:
-                cache = DynamicCache()
-                cache.update(k, v, 0)
-                return cache
+        def fresh_cache() -> DynamicCache:
+            cache = DynamicCache()
+            cache.update(k, v, 0)
+            return cache
 
-            def step(cache: DynamicCache) -> None:
-                attn(self.x_step, self.cos_step, self.sin_step, self.mask_step, cache)
-
-            total += self.workload.generated_tokens * _median_seconds(fresh_cache, step, self.device, repeats)
-        return total
+        prefill = Probe(lambda: None, lambda _: attn(self.x_prefill, self.cos, self.sin, self.mask_prefill))
+        step = Probe(fresh_cache, lambda cache: attn(self.x_step, self.cos_step, self.sin_step, self.mask_step, cache))
+        return self._weighted(prefill, step)
 
     @torch.inference_mode()
-    def mlp(self, shape: Shape, repeats: int) -> float:
+    def mlp(self, shape: Shape) -> list[tuple[Probe, int]]:
         with torch.device(self.device):
             mlp = SlimMLP(self.module_config(shape), 0).to(self.dtype).eval()
-        total = _median_seconds(lambda: None, lambda _: mlp(self.x_prefill), self.device, repeats)
-        if self.workload.generated_tokens:
-            step = _median_seconds(lambda: None, lambda _: mlp(self.x_step), self.device, repeats)
-            total += self.workload.generated_tokens * step
-        return total
+        return self._weighted(
+            Probe(lambda: None, lambda _: mlp(self.x_prefill)), Probe(lambda: None, lambda _: mlp(self.x_step))
+        )
 
 
 def _non_increasing(points: list[tuple[Any, float]], pruned_first: bool) -> list[tuple[Any, float]]:
@@ -262,7 +281,7 @@ def measure_profile(
     device: torch.device,
     dtype: torch.dtype,
     cache_dir: Path | None = None,
-    repeats: int = 5,
+    repeats: int = 7,
     progress: Callable[[int, int], None] | None = None,
 ) -> LatencyProfile:
     """The layer latency profile for this model shape, workload and device (from the cache when there)."""
@@ -284,19 +303,14 @@ def measure_profile(
     width = shape["intermediate_size"]
     attention_shapes = [representative_attention(shape, config, r) for r in GRID]
     mlp_widths = sorted({max(MLP_ROUND, round(width * (1 - r) / MLP_ROUND) * MLP_ROUND) for r in GRID} | {width})
-    total, done = len(attention_shapes) + len(mlp_widths), 0
-    attention = []
-    for r, s in zip(GRID, attention_shapes, strict=True):
-        attention.append((r, bench.attention(s, repeats)))
-        done += 1
-        if progress is not None:
-            progress(done, total)
-    mlp = []
-    for w in mlp_widths:
-        mlp.append((w, bench.mlp(dict(shape, intermediate_size=w), repeats)))
-        done += 1
-        if progress is not None:
-            progress(done, total)
+    candidates = [bench.attention(a) for a in attention_shapes]
+    candidates += [bench.mlp(dict(shape, intermediate_size=w)) for w in mlp_widths]
+    probes = [probe for weighted in candidates for probe, _ in weighted]
+    with torch.inference_mode():
+        medians = iter(interleaved_medians(probes, device, repeats, progress))
+    seconds = [sum(weight * next(medians) for _, weight in weighted) for weighted in candidates]
+    attention = list(zip(GRID, seconds[: len(GRID)], strict=True))
+    mlp = list(zip(mlp_widths, seconds[len(GRID) :], strict=True))
     profile = LatencyProfile(
         key=key,
         device=device_name(device),
