@@ -115,6 +115,8 @@ def test_depth_output_is_stock_with_fewer_layers(deep_model: Path, tmp_path: Pat
     assert config["num_hidden_layers"] == 2 and "auto_map" not in config
     if "layer_types" in config:
         assert config["layer_types"] == ["full_attention"] * 2
+    if "max_window_layers" in config:  # Qwen2: the source's 28 counts the new layers whose source is below it
+        assert config["max_window_layers"] == 2
     stock = T.AutoModelForCausalLM.from_pretrained(out)  # no trust_remote_code
     assert type(stock).__name__ == T.AutoModelForCausalLM.from_pretrained(deep_model).__class__.__name__
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
