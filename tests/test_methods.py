@@ -89,3 +89,12 @@ def test_search_plan_hits_parameter_target() -> None:
         )
         params = 2 * hidden * plan.width * (len(plan.heads) + len(plan.kv_heads))
         assert abs(params - (1 - ratio) * full) <= 2 * 2 * hidden * (len(plan.heads) + len(plan.kv_heads))
+
+
+def test_head_widths_stay_on_the_8_channel_grid_for_real_heads() -> None:
+    # head_dim 64: every kept head width is a multiple of 8 (SDPA flash kernels, tensor cores), at least 48.
+    spectra = torch.ones(8, 64, dtype=torch.float64)
+    cum = torch.cat([torch.zeros(8, 1, dtype=torch.float64), spectra.cumsum(1)], 1)
+    for K in range(8 * 30, 8 * 64 + 1, 13):
+        plan = plan_for_budget(K=K, counts=[K // 8] * 8, spectra_cum=cum, head_dim=64, kv_of=[i // 2 for i in range(8)])
+        assert plan.width % 8 == 0 and 48 <= plan.width <= 64, (K, plan)
