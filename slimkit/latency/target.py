@@ -117,28 +117,28 @@ def _smallest_ratio(
     speed: SpeedModel, target: float, cap: float, targets_for: Callable[[float], list[LayerTarget]]
 ) -> tuple[float, list[LayerTarget]] | None:
     """Bisect the global ratio for the least pruning whose predicted speed-up meets `target`."""
-    hi_targets = None
+    best: tuple[float, list[LayerTarget]] | None = None
     for top in (cap, cap - 1e-3, cap - 1e-2):  # at the cap itself whole units may not fit under it
         try:
-            hi_targets = targets_for(top)
+            best = (top, targets_for(top))
             break
         except InvalidArgument:
             continue
-    if hi_targets is None or speed.speedup(hi_targets) < target:
+    if best is None or speed.speedup(best[1]) < target:
         return None
-    lo, hi = 0.0, cap
+    lo, hi = 0.0, best[0]
     for _ in range(BISECT_STEPS):
         mid = (lo + hi) / 2
         try:
             candidate = targets_for(mid)
-        except InvalidArgument:  # e.g. a bias that cannot be placed under the cap at this ratio
-            lo = mid
+        except InvalidArgument:  # only near the cap: a split that cannot be placed under it; look lower
+            hi = mid
             continue
         if speed.speedup(candidate) >= target:
-            hi, hi_targets = mid, candidate
+            hi, best = mid, (mid, candidate)
         else:
             lo = mid
-    return hi, hi_targets
+    return best
 
 
 def plan_speedup(
