@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-max-tokens", type=int, default=65536, help="cap on evaluated tokens (0: no cap)")
     p.add_argument("--batch-size", type=int, default=8, help="compression batch size")
     p.add_argument("--allocation", default="uniform", help="uniform, global or global_pca (estimator)")
-    p.add_argument("--frac", type=int, default=1, help="global estimators: importance blocks per head")
+    p.add_argument("--frac", type=int, help="global estimators: importance blocks per head (engine default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-prefix", default="quality", help="writes bench/results/<prefix>.{json,md}")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "RATIO"), help=argparse.SUPPRESS)  # child mode
@@ -68,12 +68,12 @@ def run_one(method: str, ratio: float, args: argparse.Namespace, work_dir: Path)
         model=str(ensure_smollm2()),
         method=method,
         allocation=args.allocation,
-        frac=args.frac,
         ratio=ratio,
         calibration=CalibrationSpec("wikitext2_valid", args.samples, args.seq_len, args.seed),
         evaluation=EvalSpec("wikitext2_test", args.eval_seq_len, args.eval_max_tokens or None, dense=args.eval_dense),
         device=args.device,
         batch_size=args.batch_size,
+        **({} if args.frac is None else {"frac": args.frac}),
     )
     hf_logging.disable_progress_bar()  # save/reload bars of transformers; one status line per row instead
     out = work_dir / f"{method}-{ratio}"
@@ -87,6 +87,8 @@ def run_one(method: str, ratio: float, args: argparse.Namespace, work_dir: Path)
     row: dict[str, Any] = {
         "method": method,
         "target_ratio": ratio,
+        "allocation": request.resolved_allocation(),
+        "blocks_per_head": (record.get("allocation") or {}).get("blocks_per_head"),
         "format": record["format"],
         "ratio_achieved": record["ratio_achieved"],
         "params_before": record["params_before"],
@@ -117,8 +119,8 @@ def spawn_row(method: str, ratio: float, args: argparse.Namespace, work_dir: Pat
     cmd += ["--work-dir", str(work_dir), "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
     cmd += ["--seed", str(args.seed), "--eval-seq-len", str(args.eval_seq_len)]
     cmd += ["--eval-max-tokens", str(args.eval_max_tokens), "--batch-size", str(args.batch_size)]
-    cmd += ["--device", args.device, "--allocation", args.allocation, "--frac", str(args.frac)]
-    cmd += ["--eval-dense"] if eval_dense else []
+    cmd += ["--device", args.device, "--allocation", args.allocation]
+    cmd += ([] if args.frac is None else ["--frac", str(args.frac)]) + (["--eval-dense"] if eval_dense else [])
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, check=False)
     if proc.returncode != 0 or not row_file.is_file():
         return {"method": method, "target_ratio": ratio, "error": f"child exited with {proc.returncode}"}

@@ -56,7 +56,7 @@ class CompressionRequest:
     allocation: str | None = None  # uniform / global / global_pca; default uniform (ratio), global_pca (speed-up)
     bias: float | None = None  # λ_b, the MLP share of the pruning; default 1 (ratio), searched (speed-up)
     cap: float = 0.8  # per-layer ratio cap of the estimator and of speed-up allocations
-    frac: int = 1  # importance blocks per head (global estimators)
+    frac: int | None = None  # importance blocks per head (global estimators; None: one per head-width step)
     latency_cache: str | None = None  # folder of cached latency profiles (default ~/.cache/slimkit/latency)
     revision: str | None = None
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
@@ -102,7 +102,7 @@ class CompressionRequest:
             raise InvalidArgument(f"cap must be in (0, {MAX_RATIO}], got {self.cap}")
         if self.bias is not None and self.bias < 0:
             raise InvalidArgument(f"bias must be >= 0, got {self.bias}")
-        if self.frac < 1:
+        if self.frac is not None and self.frac < 1:
             raise InvalidArgument(f"frac must be >= 1, got {self.frac}")
         for t in self.layer_targets or []:
             if not (0 <= t.attention <= MAX_RATIO and 0 <= t.mlp <= MAX_RATIO):

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--bias", type=float, help="estimator: MLP share of the pruning, λ_b (default 1; searched)")
     c.add_argument("--cap", type=float, default=0.8, help="estimator / speed-up: per-layer ratio cap")
-    c.add_argument("--frac", type=int, default=1, help="estimator: importance blocks per head")
+    c.add_argument("--frac", type=int, help="estimator: importance blocks per head (default: one per 8-channel step)")
     c.add_argument("--batch", type=int, default=1, help="speed-up workload: sequences per request")
     c.add_argument("--prompt-tokens", type=int, default=512, help="speed-up workload: prompt length")
     c.add_argument("--generated-tokens", type=int, default=0, help="speed-up workload: decode steps (0: prefill)")

@@ -80,7 +80,10 @@ def choose_targets(
             notify("estimate", 0, calib.input_ids.shape[0])
             importances = measure_importances(model, calib, allocation, device, gradient_progress, frac=request.frac)
         plan = plan_speedup(speed, request.speedup, request.cap, importances, request.bias)
-        return plan.targets, {"variant": allocation, "layers": _layers(plan.targets)}, _speed_record(speed, plan)
+        record = {"variant": allocation, "layers": _layers(plan.targets)}
+        if importances is not None:
+            record["blocks_per_head"] = importances.frac
+        return plan.targets, record, _speed_record(speed, plan)
     ratio = request.target_ratio()
     if allocation == "uniform":
         return [LayerTarget(ratio, ratio)] * n_layers, None, None
@@ -100,6 +103,7 @@ def choose_targets(
     record = {
         "variant": estimate.variant,
         "predicted_ratio": estimate.predicted_ratio,
+        "blocks_per_head": estimate.importances.frac if estimate.importances is not None else None,
         "layers": estimate.layers,
         "timings_s": estimate.timings_s,
     }

@@ -16,6 +16,7 @@ import transformers as T
 
 from slimkit import CompressionRequest, compress
 from slimkit.calibration import CalibrationSpec, build_calibration
+from slimkit.errors import InvalidArgument
 from slimkit.estimator import EstimatorResult, estimate_layer_targets
 from slimkit.estimator.allocate import allocate, cap_and_redistribute, layer_budgets
 from slimkit.estimator.fisher import next_token_loss
@@ -101,8 +102,15 @@ def test_compressed_model_achieves_the_requested_reduction(
     achieved = record["ratio_achieved"]["attention_mlp"]
     # Relative 0.5 % of the target (0.0015 here), the stricter reading of "within 0.5 %".
     assert abs(achieved - RATIO) <= 0.005 * RATIO, achieved
+    # Layer by layer the MLP settles what attention's coarse steps left owing: after every layer the
+    # running balance of parameters asked for vs removed is within half an 8-channel MLP step.
+    half_step = 8 * 3 * 128 / 2
+    owed = removed = 0.0
     for layer, t in zip(record["layers"], targets, strict=True):
-        assert 1 - layer["mlp_params_after"] / layer["mlp_params_before"] == pytest.approx(t.mlp)
+        a_before, m_before = layer["attention_params_before"], layer["mlp_params_before"]
+        owed += t.attention * a_before + t.mlp * m_before
+        removed += a_before - layer["attention_params_after"] + m_before - layer["mlp_params_after"]
+        assert abs(owed - removed) <= half_step + 1e-6, (layer["layer"], owed - removed)
 
 
 def test_snapping_corrects_the_engine_rounding_on_the_largest_ratio_layer(llama: Path) -> None:
@@ -218,6 +226,27 @@ def test_estimator_leaves_the_model_as_it_was(llama: Path) -> None:
         assert float(next_token_loss(model, ids, torch.ones_like(ids, dtype=torch.bool))) == pytest.approx(
             float(model(input_ids=ids, labels=ids).loss), rel=1e-5
         )
+
+
+@pytest.mark.parametrize(("frac", "blocks"), [(1, 1), (None, 4), (32, 32)])
+def test_importance_blocks_per_head(llama: Path, frac: int | None, blocks: int) -> None:
+    """F blocks of d_h/F rotated coordinates per head: the paper's F = 1, the default (one per 8-channel
+    head-width step: 4 for d_h = 32), single channels."""
+    model = load_source(str(llama)).model
+    calib = build_calibration(make_tokenizer(), CalibrationSpec(samples=4, seq_len=32))
+    result = estimate_layer_targets(model, None, RATIO, "global_pca", calib, device="cpu", frac=frac)
+    assert result.importances is not None and result.importances.frac == blocks
+    assert all(a.shape == (4, blocks) and bool((a >= 0).all()) for a in result.importances.attention)
+    # Attention ratios are counted in blocks: multiples of 1 / (n_h · F) (snapping only moves the MLP).
+    assert all(abs(t.attention * 4 * blocks - round(t.attention * 4 * blocks)) < 1e-9 for t in result.targets)
+    step = 8 * 3 * 128 / sum(b.attention_params + b.mlp_params for b in layer_budgets(model.config))
+    assert abs(removed_fraction(result.targets, llama) - RATIO) <= step / 2 + 1e-9  # half an MLP step
+
+
+def test_blocks_that_do_not_divide_the_head_width_are_refused(llama: Path) -> None:
+    model = load_source(str(llama)).model
+    with pytest.raises(InvalidArgument, match="frac=3 must divide every head width"):
+        estimate_layer_targets(model, make_tokenizer(), RATIO, "global_pca", CALIB, device="cpu", frac=3)
 
 
 def test_compress_with_an_estimated_allocation(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

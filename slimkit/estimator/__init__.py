@@ -26,7 +26,7 @@ from slimkit.calibration import CalibrationBatch, CalibrationSpec, build_calibra
 from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument
 from slimkit.estimator.allocate import allocate, layer_budgets, uniform_targets
-from slimkit.estimator.fisher import GROUP_SIZE, Importances, fisher_importances
+from slimkit.estimator.fisher import GROUP_SIZE, Importances, blocks_per_head, fisher_importances
 from slimkit.estimator.snap import predicted_ratio, snap_targets
 from slimkit.layerwise import LayerTarget
 from slimkit.modeling.modeling_slim import SlimConfig, SlimForCausalLM
@@ -57,7 +57,7 @@ def estimate_layer_targets(
     device: str | torch.device = "auto",
     progress: Callable[[int, int], None] | None = None,
     *,
-    frac: int = 1,
+    frac: int | None = None,
     group_size: int = GROUP_SIZE,
     tokens_per_step: int = 8192,
 ) -> EstimatorResult:
@@ -75,8 +75,7 @@ def estimate_layer_targets(
         raise InvalidArgument(f"ratio must be in (0, cap={cap}], got {ratio}")
     if bias < 0:
         raise InvalidArgument(f"bias must be >= 0, got {bias}")
-    if frac < 1 or any(layer.self_attn.v_head_dim % frac for layer in model.model.layers):
-        raise InvalidArgument(f"frac={frac} must divide every head width")
+    frac = blocks_per_head(model, frac)
     if group_size < 1:
         raise InvalidArgument("group_size must be >= 1")
     config = model.config
@@ -109,7 +108,7 @@ def measure_importances(
     variant: str,
     device: str | torch.device = "auto",
     progress: Callable[[int, int], None] | None = None,
-    frac: int = 1,
+    frac: int | None = None,
     group_size: int = GROUP_SIZE,
     tokens_per_step: int = 8192,
 ) -> Importances:

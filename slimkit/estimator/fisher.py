@@ -31,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from slimkit.errors import InvalidArgument
 from slimkit.estimator.masks import HeadMoments, MaskSet
 from slimkit.estimator.placement import compute_dtype, frozen_on
 from slimkit.linalg import eigh_desc
+from slimkit.methods.head_plan import width_step
 from slimkit.modeling.modeling_slim import SlimForCausalLM, attention_mask_for
 from slimkit.shapes import get_shapes
 
@@ -53,6 +55,23 @@ class Importances:
     groups: int
     samples: int
     tokens: int  # next-token predictions in the loss
+
+
+def blocks_per_head(model: SlimForCausalLM, frac: int | None) -> int:
+    """`frac`, or by default one block per step of the engine's head-width grid (`width_step`).
+
+    The paper's default is one block per head, but IntraSlice never removes a head's channels as a whole:
+    it narrows heads in steps of `width_step(d_h)` (8 channels for real models). Blocks of that width rank
+    exactly the units the engine can remove, so a layer's attention ratio is counted in achievable steps,
+    and in the rotated basis the tail components of a head go before its leading ones. On SmolLM2-135M
+    (d_h = 64, 8 blocks) this beats one block per head at 20, 30 and 40 % (README, "Allocation").
+    """
+    head_dims = {layer.self_attn.v_head_dim for layer in model.model.layers}
+    if frac is None:
+        frac = min(d // width_step(d) for d in head_dims)
+    if frac < 1 or any(d % frac for d in head_dims):
+        raise InvalidArgument(f"frac={frac} must divide every head width ({sorted(head_dims)})")
+    return frac
 
 
 def next_token_loss(model: SlimForCausalLM, ids: torch.Tensor, valid: torch.Tensor, checkpointed: bool = True):
@@ -114,13 +133,14 @@ def fisher_importances(
     *,
     rotate: bool,
     device: torch.device,
-    frac: int = 1,
+    frac: int | None = None,
     group_size: int = GROUP_SIZE,
     tokens_per_step: int = 8192,
     checkpointed: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Importances:
     """Run the gradient pass; `progress(done, total)` counts windows. The model is restored afterwards."""
+    frac = blocks_per_head(model, frac)
     n, T = input_ids.shape
     dtype = compute_dtype(model, device)
     scale = FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
