@@ -184,7 +184,7 @@ def compress(
         if is_depth_method(request.method):
             removed_layers(request.target_ratio(), model.config.num_hidden_layers)  # a whole layer at least
         lap("load")
-        speed = prepare_speed(request, model, device, notify)  # fails here if a speed-up is out of reach
+        speed = prepare_speed(request, model, source.path, device, notify)  # fails here if a speed-up is out of reach
         if speed is not None:
             lap("profile")
         notify("calibrate", 0, 1)

@@ -94,6 +94,11 @@ def test_speed_model_predicts_from_the_profile() -> None:
     # Modules that time slower alone than inside the model: savings scale down to the measured decoder.
     slow = SpeedModel(linear_profile(2.0, 4.0), config, dense_s=13.0)
     assert slow.scale == pytest.approx(13.0 / 24.0) and slow.seconds(half) > 0
+    # The speed-up is measured against stock transformers: a reference that runs 10 % faster than
+    # slimkit's modeling code lowers every prediction by that much, the dense model's "speed-up" included.
+    stock = SpeedModel(linear_profile(), config, dense_s=13.0, reference_s=11.7)
+    assert stock.speedup([LayerTarget(0.0, 0.0)] * 4) == pytest.approx(0.9)
+    assert stock.speedup(half) == pytest.approx(0.9 * speed.speedup(half))
 
 
 def test_planner_meets_the_target_with_least_pruning_and_refuses_the_impossible() -> None:
@@ -176,6 +181,7 @@ def test_speedup_job_reports_the_measured_speedup(wide: Path, tmp_path: Path) ->
     assert speed["target"] == 1.2 and speed["predicted_speedup"] >= 1.2
     assert speed["measured"] > 0 and speed["met"] == (speed["measured"] >= 1.2)
     assert speed["dense_s"] > 0 and speed["compressed_s"] > 0 and len(speed["times_s"]["dense"]) == 7
+    assert speed["dense_s_at_planning"] > 0 and speed["stock_dense_s_at_planning"] > 0
     assert result.record["recipe"]["allocation"] == "global_pca" and result.record["recipe"]["ratio"] is None
     assert speed["estimated_loss"] is not None and len(speed["candidates"]) > 1
     assert 0 < result.record["ratio_achieved"]["attention_mlp"] <= 0.8

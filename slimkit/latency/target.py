@@ -2,9 +2,10 @@
 
 Prediction. The dense model is timed whole on the workload (`dense_s`, real kernels, embedding and head
 included); a candidate allocation saves, per layer, what the latency profile says its narrower attention
-and MLP save: predicted time = dense_s − κ · Σ_l savings_l. κ = min(1, decoder share of dense_s / the
-profile's dense layers): isolated modules can time slower than inside a model (colder caches), and a
-saving can never exceed the time the decoder actually takes.
+and MLP save: predicted time = dense_s − κ · Σ_l savings_l, and the predicted speed-up is the stock
+transformers model's time (`reference_s`, what the result is measured against) over that.
+κ = min(1, decoder share of dense_s / the profile's dense layers): isolated modules can time slower than
+inside a model (colder caches), and a saving can never exceed the time the decoder actually takes.
 
 Reachability. The fastest allocation the engine may produce is every layer at the per-layer cap; if even
 that misses the target, the job fails before calibration with the best achievable value.
@@ -42,9 +43,12 @@ class SpeedModel:
 
     profile: LatencyProfile
     config: SlimConfig
-    dense_s: float  # the whole dense model on the workload (median)
+    dense_s: float  # the whole dense model on the workload (median), on slimkit's modeling code
+    reference_s: float | None = None  # the same model loaded by stock transformers: the speed-up's base
 
     def __post_init__(self) -> None:
+        if self.reference_s is None:
+            self.reference_s = self.dense_s
         shape = dense_layer_shape(self.config)
         self.width = shape["intermediate_size"]
         self.layer_s = self.profile.attention_seconds(0.0) + self.profile.mlp_seconds(self.width)
@@ -60,7 +64,8 @@ class SpeedModel:
         return self.dense_s - self.scale * saved
 
     def speedup(self, targets: list[LayerTarget]) -> float:
-        return self.dense_s / max(self.seconds(targets), 1e-12)
+        assert self.reference_s is not None  # set in __post_init__
+        return self.reference_s / max(self.seconds(targets), 1e-12)
 
 
 def best_achievable(speed: SpeedModel, cap: float) -> float:
