@@ -73,7 +73,7 @@ def run_one(method: str, ratio: float, args: argparse.Namespace, work_dir: Path)
         evaluation=EvalSpec("wikitext2_test", args.eval_seq_len, args.eval_max_tokens or None, dense=args.eval_dense),
         device=args.device,
         batch_size=args.batch_size,
-        **({} if args.frac is None else {"frac": args.frac}),
+        frac=args.frac,
     )
     hf_logging.disable_progress_bar()  # save/reload bars of transformers; one status line per row instead
     out = work_dir / f"{method}-{ratio}"

@@ -136,7 +136,7 @@ def _speed_record(speed: SpeedModel, plan: Any) -> dict[str, Any]:
         "dtype": profile.dtype,
         "workload": profile.workload,
         "dense_s_at_planning": speed.dense_s,
-        "stock_dense_s_at_planning": speed.reference_s,
+        "stock_dense_s_at_planning": speed.base_s,
         "profile": {
             "key": profile.key,
             "cached": profile.measure_s == 0.0,

@@ -47,8 +47,7 @@ class SpeedModel:
     reference_s: float | None = None  # the same model loaded by stock transformers: the speed-up's base
 
     def __post_init__(self) -> None:
-        if self.reference_s is None:
-            self.reference_s = self.dense_s
+        self.base_s = self.dense_s if self.reference_s is None else self.reference_s
         shape = dense_layer_shape(self.config)
         self.width = shape["intermediate_size"]
         self.layer_s = self.profile.attention_seconds(0.0) + self.profile.mlp_seconds(self.width)
@@ -64,8 +63,7 @@ class SpeedModel:
         return self.dense_s - self.scale * saved
 
     def speedup(self, targets: list[LayerTarget]) -> float:
-        assert self.reference_s is not None  # set in __post_init__
-        return self.reference_s / max(self.seconds(targets), 1e-12)
+        return self.base_s / max(self.seconds(targets), 1e-12)
 
 
 def best_achievable(speed: SpeedModel, cap: float) -> float:
