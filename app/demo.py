@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # Downloaded by a child with the demo's Hub settings: this process imported huggingface_hub (through
         # transformers) before they were known, and the client freezes its endpoint and offline mode at import.
+        # Outputs are pushed private by default, so the child authenticates as the owner (the worker's token).
         local = (
             subprocess.run(
                 [
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     job["result"]["repo_id"],
                     str(work / "models" / job["result"]["repo_id"].split("/")[-1]),
                 ],
-                env=env,
+                env=env | {"HF_TOKEN": env["SLIMKIT_HUB_TOKEN"]},
                 cwd=ROOT,
                 check=True,
                 capture_output=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+# What a user's shell has: none of the Hub settings (endpoint, token, cache) that conftest exports for
+# the other tests, so the demo must bring its own.
+USER_ENV = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
 
 
 def test_embedded_demo_runs_a_job_end_to_end(tmp_path: Path) -> None:
@@ -28,6 +32,7 @@ def test_embedded_demo_runs_a_job_end_to_end(tmp_path: Path) -> None:
             "512",
         ],
         cwd=ROOT,
+        env=USER_ENV,
         capture_output=True,
         text=True,
         timeout=900,
