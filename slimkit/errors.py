@@ -37,6 +37,12 @@ class RevisionNotFound(SlimError):
     code = "revision_not_found"
 
 
+class InvalidModel(SlimError):
+    """The checkpoint itself is broken: corrupt safetensors, or a config its weights contradict."""
+
+    code = "invalid_model"
+
+
 class GatedOrUnauthorized(SlimError):
     code = "gated_or_unauthorized"
 
