@@ -29,10 +29,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256((pepper + token).encode()).hexdigest()
 
 
-def create_token(session: Session, owner: str, name: str = "") -> str:
-    """A new token for `owner`; the plain value is returned once and never stored."""
+def create_token(session: Session, owner: str, name: str = "", output_patterns: list[str] | None = None) -> str:
+    """A new token for `owner`; the plain value is returned once and never stored.
+
+    output_patterns: glob patterns of the Hub repos this token's jobs may push to (`{owner}` allowed);
+    None keeps the deployment's default (see app.outputs).
+    """
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(owner=owner, name=name, token_hash=hash_token(token)))
+    session.add(ApiToken(owner=owner, name=name, token_hash=hash_token(token), output_patterns=output_patterns))
     session.commit()
     return token
 
@@ -41,6 +45,7 @@ def create_token(session: Session, owner: str, name: str = "") -> str:
 class Caller:
     owner: str
     token_id: object
+    output_patterns: list[str] | None = None
 
 
 def current_caller(
@@ -54,7 +59,7 @@ def current_caller(
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(credentials.credentials)))
     if row is None or row.revoked_at is not None:
         raise unauthorized
-    return Caller(row.owner, row.id)
+    return Caller(row.owner, row.id, row.output_patterns)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

@@ -26,13 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     token = sub.add_parser("create-token", help="create an API token (printed once, stored hashed)")
     token.add_argument("--owner", required=True)
     token.add_argument("--name", default="")
+    token.add_argument(
+        "--allow-output",
+        action="append",
+        metavar="PATTERN",
+        help="a Hub repo pattern this token's jobs may push to, e.g. 'acme/*' (repeatable; default: the "
+        "deployment's SLIMKIT_OUTPUT_PATTERNS, else <owner>/*)",
+    )
     sub.add_parser("migrate", help="alembic upgrade head")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         migrate()
     else:
         with session_factory()() as session:
-            print(create_token(session, args.owner, args.name))
+            print(create_token(session, args.owner, args.name, args.allow_output))
     return 0
 
 

@@ -30,7 +30,10 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A bounded connect: while Postgres is down a request fails fast (503) instead of hanging; a short pool
+    # timeout keeps a request from queueing behind a starved pool for half a minute.
+    timeout = get_settings().db_connect_timeout_s
+    return create_engine(url, pool_pre_ping=True, pool_timeout=10, connect_args={"connect_timeout": timeout})
 
 
 @lru_cache

@@ -9,15 +9,20 @@ the Hub cannot be reached, the worker resolves the revision instead.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import uuid
 from datetime import datetime
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobStatus, utcnow
+from app import outputs
+from app.auth import Caller
+from app.models import CalibrationText, Job, JobStatus, utcnow
 from app.schemas import JobCreate, utc
 from app.settings import get_settings
 
@@ -52,40 +57,98 @@ def resolve_revision(model: str, revision: str) -> tuple[str | None, tuple[str, 
     return info.sha, None
 
 
-def submit(session: Session, owner: str, token_id: object, body: JobCreate, key: str | None) -> tuple[Job, bool]:
-    """(job, created). With an Idempotency-Key already used by this owner: the original job, or a conflict."""
+TRANSIENT_FAILURES = frozenset({"hub_unavailable", "hub_push_failed", "internal_error", "timing_unstable"})
+
+
+def replays(job: Job) -> bool:
+    """Whether an Idempotency-Key replay returns `job`; False when it ended in a way worth trying again
+    (cancelled, or failed for a transient reason), so the same key submits a fresh job."""
+    if job.status == JobStatus.cancelled:
+        return False
+    return not (job.status == JobStatus.failed and job.error_code in TRANSIENT_FAILURES)
+
+
+def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -> tuple[Job, bool]:
+    """(job, created). With an Idempotency-Key already used by this owner: the original job, or a conflict.
+
+    No database connection is held while the Hub is asked anything: the read-only lookups end their
+    transaction first, and the job is written in a short transaction of its own afterwards.
+    """
     fingerprint = body.fingerprint()
+    superseded: Job | None = None
     if key is not None:
-        existing = session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+        existing = session.scalar(select(Job).where(Job.owner == caller.owner, Job.idempotency_key == key))
         if existing is not None:
             if existing.request_hash != fingerprint:
                 raise IdempotencyConflict(key)
-            return existing, False
+            if replays(existing):
+                session.commit()
+                return existing, False
+            superseded = existing
+    output = body.output
+    repo_id = None
+    if output.push:
+        repo_id = output.repo_id or outputs.default_repo_id(
+            body.model, body.method, outputs.target_label(body.target.model_dump()), caller.owner
+        )
+        outputs.check_allowed(repo_id, caller.owner, caller.output_patterns, body.model)
+    session.commit()  # ends the read transaction: its connection goes back to the pool before the Hub calls
+
     sha, failure = resolve_revision(body.model, body.revision)
+    on_hub = outputs.repo_exists_on_hub(repo_id) if repo_id and failure is None else None
+    request = body.model_dump(mode="json")
+    text = request["calibration"].pop("text", None)
+    if text is not None:
+        request["calibration"]["text_sha256"] = store_calibration_text(session, text)
+        request["calibration"]["text_chars"] = len(text)
+    if repo_id is not None:
+        request["output"]["repo_id"] = repo_id  # stored requests say what will run
     job = Job(
-        owner=owner,
-        token_id=token_id,
+        id=uuid.uuid4(),
+        owner=caller.owner,
+        token_id=caller.token_id,
         model=body.model,
         revision=body.revision,
         revision_sha=sha,
         method=body.method,
-        request=body.model_dump(mode="json"),
+        request=request,
         request_hash=fingerprint,
         idempotency_key=key,
     )
-    if failure is not None:
-        job.status, job.stage = JobStatus.failed, "resolve"
-        job.error_code, job.error_message = failure
-        job.finished_at = utcnow()
-    session.add(job)
     try:
+        if superseded is not None:  # the failed job keeps its row and history, and gives up its key
+            moved = session.execute(
+                update(Job).where(Job.id == superseded.id, Job.idempotency_key == key).values(idempotency_key=None)
+            )
+            if moved.rowcount != 1:  # a concurrent resubmission got there first
+                session.rollback()
+                return submit(session, caller, body, key)
+        if failure is not None:
+            job.status, job.stage = JobStatus.failed, "resolve"
+            job.error_code, job.error_message = failure
+            job.finished_at = utcnow()
+        elif repo_id is not None:
+            outputs.reserve(session, repo_id, caller.owner, job.id, output.overwrite, on_hub)
+        session.add(job)
         session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the race
+    except IntegrityError:  # a concurrent request with the same key (or reserving the same repo) won the race
         session.rollback()
-        if key is None:
+        if key is None and repo_id is None:
             raise
-        return submit(session, owner, token_id, body, key)
+        return submit(session, caller, body, key)
+    except BaseException:
+        session.rollback()
+        raise
     return job, True
+
+
+def store_calibration_text(session: Session, text: str) -> str:
+    """Store inline calibration text once (keyed by its SHA-256, no-op when already there); its hash."""
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    values = {"sha256": digest, "text": text, "chars": len(text), "created_at": utcnow()}
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(insert(CalibrationText).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+    return digest
 
 
 def get_job(session: Session, owner: str, job_id: uuid.UUID) -> Job | None:
@@ -122,8 +185,17 @@ def list_jobs(
     return rows, encode_cursor(rows[-1]) if more and rows else None
 
 
+class CancelRefused(Exception):
+    """The job is past the point where a cancel can be honoured."""
+
+
 def cancel(session: Session, job: Job) -> Job:
-    """Queued: cancelled at once (the worker's claim will skip it). Running: flagged for the worker."""
+    """Queued: cancelled at once (the worker's claim will skip it). Running: flagged for the worker.
+
+    A running job that already entered `push` cannot be stopped any more (the upload is one commit):
+    such a cancel is refused instead of accepted and ignored. The worker enters `push` with a conditional
+    UPDATE that requires no cancel request, so the two never both win.
+    """
     now = utcnow()
     queued = session.execute(
         update(Job)
@@ -133,9 +205,16 @@ def cancel(session: Session, job: Job) -> Job:
     if queued.rowcount == 0:  # already claimed (or finished): ask the worker to stop at the next boundary
         session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.running, Job.cancel_requested_at.is_(None))
+            .where(
+                Job.id == job.id,
+                Job.status == JobStatus.running,
+                Job.cancel_requested_at.is_(None),
+                or_(Job.stage.is_(None), Job.stage != "push"),
+            )
             .values(cancel_requested_at=now)
         )
     session.commit()
     session.refresh(job)
+    if job.status == JobStatus.running and job.stage == "push" and job.cancel_requested_at is None:
+        raise CancelRefused("the job is pushing its result to the Hub and can no longer be cancelled")
     return job

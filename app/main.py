@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from app import errors
 from app.routes import health, jobs
 
 
@@ -14,6 +15,7 @@ def create_app() -> FastAPI:
         description="Submit a Hub model and a target; get back a smaller model that loads, pushed to the Hub "
         "with a card that says what was done and what it cost in quality.",
     )
+    errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     return app

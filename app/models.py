@@ -1,4 +1,6 @@
-"""Database tables: API tokens and compression jobs. Postgres is the source of truth for every job.
+"""Database tables: API tokens, jobs, inline calibration texts and the output repos we own.
+
+Postgres is the source of truth for every job.
 
 Portable across Postgres and SQLite (the embedded default): `Uuid`, `JSON`, non-native enums stored as
 VARCHAR, timezone-aware timestamps written in UTC, and named constraints (a naming convention) so that
@@ -55,6 +57,9 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where this token's jobs may push (glob patterns of repo ids, e.g. ["acme/*"]); None: the deployment's
+    # default (see app.outputs.allowed_patterns).
+    output_patterns: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Job(Base):
@@ -93,6 +98,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Transactional outbox: the queued row is the message. NULL means "not published yet" (or published
+    # again after a re-queue); the dispatcher publishes such rows and stamps the time it did.
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Python-side defaults keep microseconds (SQLite's CURRENT_TIMESTAMP has whole seconds): list order.
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -100,3 +108,32 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CalibrationText(Base):
+    """Inline calibration text of a job, stored once by its SHA-256 (the job's request keeps only the hash)."""
+
+    __tablename__ = "calibration_text"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    chars: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class OutputRepo(Base):
+    """A Hub repo the service writes for one owner: reserved at submit, marked once something was pushed.
+
+    A repo id is reserved for one owner only (primary key: case-folded repo id, as the Hub compares names),
+    so no other owner's job can ever push into it, and a job may only write over a repo that the service
+    itself created for the same owner — and then only when it asks to (`output.overwrite`).
+    """
+
+    __tablename__ = "output_repo"
+
+    repo_key: Mapped[str] = mapped_column(String(200), primary_key=True)  # lower-cased repo id
+    repo_id: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))  # last writer
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # first successful push

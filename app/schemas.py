@@ -17,7 +17,35 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 ENGINE_METHODS = ("intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt")
 Method = Literal["intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt"]
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+# Always used with fullmatch: `$` would also match before a trailing newline ("ns/name\n").
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+# Git's ref-name rules (what the Hub accepts for a branch or tag): no control characters or whitespace,
+# none of ~ ^ : ? * [ \, no "..", "@{" or "//"; the same rules as `slimkit.hubio.revision_problem`.
+_BAD_REVISION = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+
+
+def repo_id_problem(value: str) -> str | None:
+    """Why `value` is not a Hub repo id `<namespace>/<name>` the Hub would accept, or None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # the client's own (stricter) rules
+
+    if not REPO_ID.fullmatch(value):
+        return "must look like <namespace>/<name>: letters, digits, '-', '_', '.', at most 96 characters per part"
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        return f"is not a valid Hub repo id ({str(err).split(':')[0]})"
+    return None
+
+
+def revision_problem(value: str) -> str | None:
+    """Why `value` cannot be a branch, tag or commit name (`feature/x`, `refs/pr/1`, a sha), or None."""
+    if _BAD_REVISION.search(value) or value == "@":
+        return "must not contain whitespace, control characters, '..', '//', '@{' or any of ~^:?*[\\"
+    if value.startswith("/") or value.endswith(("/", ".")):
+        return "must not start or end with '/' or end with '.'"
+    if any(part.startswith(".") or part.endswith(".lock") for part in value.split("/")):
+        return "no part may start with '.' or end with '.lock'"
+    return None
 
 
 class Strict(BaseModel):
@@ -70,7 +98,11 @@ class Calibration(Strict):
     dataset: str | None = Field(
         "wikitext2_valid", description="bundled text (wikitext2_valid) or hf://datasets/<owner>/<name>/<file>"
     )
-    text: str | None = Field(None, max_length=2_000_000, description="inline calibration text instead of dataset")
+    text: str | None = Field(
+        None,
+        max_length=1_000_000,
+        description="inline calibration text instead of dataset (stored once by its SHA-256; jobs show the hash)",
+    )
     samples: int = Field(64, ge=1, le=4096)
     seq_len: int = Field(512, ge=8, le=32768)
     seed: int = Field(0, ge=0)
@@ -94,15 +126,21 @@ class Evaluation(Strict):
 
 
 class Output(Strict):
-    repo_id: str | None = Field(None, description="default: <namespace>/<name>-<method>-<pct>")
+    repo_id: str | None = Field(
+        None,
+        description="where to push; default <owner>/<name>-<method>-<target> (or <hub_namespace>/<owner>-<name>-…). "
+        "Must match the token's allowed output patterns; never the source repo, never a repo this service did not "
+        "create for you",
+    )
     private: bool = True
     push: bool = True
+    overwrite: bool = Field(False, description="allow updating a repo that holds an earlier output of yours")
 
     @field_validator("repo_id")
     @classmethod
     def _valid_repo(cls, value: str | None) -> str | None:
-        if value is not None and not REPO_ID.match(value):
-            raise ValueError("repo_id must look like <namespace>/<name>")
+        if value is not None and (problem := repo_id_problem(value)):
+            raise ValueError(f"repo_id {problem}")
         return value
 
 
@@ -118,8 +156,15 @@ class JobCreate(Strict):
     @field_validator("model")
     @classmethod
     def _valid_model(cls, value: str) -> str:
-        if not REPO_ID.match(value):
-            raise ValueError("model must be a Hub model id <namespace>/<name>")
+        if problem := repo_id_problem(value):
+            raise ValueError(f"model must be a Hub model id <namespace>/<name>: it {problem}")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _valid_revision(cls, value: str) -> str:
+        if problem := revision_problem(value):
+            raise ValueError(f"revision {problem}")
         return value
 
     def fingerprint(self) -> str:
@@ -191,3 +236,21 @@ def utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where the problem is, e.g. ['body', 'output', 'repo_id']")
+    msg: str
+    type: str
+
+
+class FieldErrors(BaseModel):
+    """A refusal that names the field responsible (the shape of FastAPI's 422 validation errors)."""
+
+    detail: list[FieldError]
+
+
+class Message(BaseModel):
+    """An error with a human-readable message."""
+
+    detail: str

@@ -32,9 +32,21 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 6 * 3600  # above the longest job, else Redis redelivers a running job
     lease_s: int = 300  # a running job whose worker stopped heart-beating for this long is re-queued
     max_attempts: int = 3  # claims of one job (worker deaths included) before it is failed instead of re-queued
-    stale_queued_s: int = 600  # a job still queued after this long is re-enqueued (its message may be lost)
+    stale_queued_s: int = (
+        60  # a published job whose message is in neither the queue nor a worker after this long is re-published
+    )
     hub_namespace: str | None = None  # namespace of default output repos; None: the job owner's name
+    # Where an owner's jobs may push, as glob patterns of repo ids with `{owner}` standing for the owner;
+    # None: "<hub_namespace>/<owner>-*" when hub_namespace is set, else "<owner>/*". A token's own
+    # `output_patterns` (app.cli create-token --allow-output) replace this default for that token.
+    output_patterns: list[str] | None = None
+    max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies are refused with 413 before parsing
+    broker_timeout_s: float = 2.0  # connect + socket timeout of every broker call made by the API
+    dispatch_interval_s: float = 2.0  # how often workers publish accepted jobs whose message is not sent yet
+    db_connect_timeout_s: int = 3  # a request fails fast (503) instead of hanging while the database is down
+    db_retry_s: float = 180.0  # how long a running job waits out a database outage before giving up
     hub_push_attempts: int = 4  # upload tries on 5xx / connection errors before `hub_push_failed`
+    hub_download_attempts: int = 4  # tries of each Hub read (model info, files) on 5xx / connection errors
     hub_retry_base_s: float = 2.0  # first back-off delay, doubled after each failed try
     reload_check_timeout_s: int = 1800  # the fresh-process reload check of the saved checkpoint
     torch_threads: int | None = None  # per worker process; None: the CPUs available / worker concurrency

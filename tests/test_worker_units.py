@@ -146,10 +146,11 @@ def test_sweep_recovers_stale_jobs(backend: str, monkeypatch) -> None:
     from app.models import JobStatus
     from app.settings import get_settings
     from worker.claim import claim, requeue_stale
+    from worker.outbox import publish_pending
 
     broker = redis.Redis.from_url(BROKER_URL)
     broker.delete("gpu")
-    monkeypatch.setenv("SLIMKIT_STALE_QUEUED_S", "30")
+    monkeypatch.setenv("SLIMKIT_LEASE_S", "2")  # the grace after a recent database restart is one lease
     get_settings.cache_clear()
     dead, cancelled, doomed, alive = (new_job() for _ in range(4))
     for job_id in (dead, cancelled, doomed, alive):
@@ -157,23 +158,53 @@ def test_sweep_recovers_stale_jobs(backend: str, monkeypatch) -> None:
     expire(dead)
     expire(cancelled, cancel_requested_at=row(cancelled).started_at)
     expire(doomed, attempts=3)
-    old = new_job(updated_at=row(dead).started_at - timedelta(seconds=120))
-    fresh = new_job()
 
     done = requeue_stale()
     assert done["requeued"] == [dead] and done["cancelled"] == [cancelled] and done["failed"] == [doomed]
-    assert done["reenqueued"] == [old]
     requeued = row(dead)
     assert requeued.status == JobStatus.queued and requeued.attempts == 1 and requeued.worker is None
+    assert requeued.enqueued_at is None  # its message goes out through the outbox, once
     assert row(cancelled).status == JobStatus.cancelled
     assert row(doomed).status == JobStatus.failed and row(doomed).error_code == "internal_error"
-    assert row(alive).status == JobStatus.running and row(fresh).status == JobStatus.queued
+    assert row(alive).status == JobStatus.running
+    assert publish_pending() == [dead] and publish_pending() == []
     queued_ids = {json.loads(m)["headers"]["id"] for m in broker.lrange("gpu", 0, -1)}
-    assert queued_ids == {dead, old}
+    assert queued_ids == {dead}
     # Swept jobs are not swept again at once; the re-queued one can be claimed again.
     assert not any(requeue_stale().values())
     assert claim(dead, "w3/3") and row(dead).attempts == 2
     broker.delete("gpu")
+    get_settings.cache_clear()
+
+
+def test_outbox_publishes_once_and_republishes_only_lost_messages(backend: str, monkeypatch) -> None:
+    """A message waiting behind a long job is never re-sent; one the broker lost is re-sent exactly once."""
+    from app.settings import get_settings
+    from worker.outbox import publish_one, publish_pending, republish_lost
+
+    broker = redis.Redis.from_url(BROKER_URL)
+    broker.delete("gpu", "unacked")
+    monkeypatch.setenv("SLIMKIT_STALE_QUEUED_S", "0")
+    get_settings.cache_clear()
+    waiting, lost = new_job(), new_job()
+    assert publish_pending() == [waiting, lost]
+    assert not publish_one(waiting)  # already published: a second dispatcher does not send it again
+    messages = broker.lrange("gpu", 0, -1)
+    assert len(messages) == 2
+    # The broker loses one message (e.g. restarted without persistence); the other one is still waiting.
+    for raw in messages:
+        if json.loads(raw)["headers"]["id"] == lost:
+            broker.lrem("gpu", 1, raw)
+    assert republish_lost() == [lost] and publish_pending() == [lost]
+    for _ in range(3):  # swept again and again while they wait: never duplicated
+        assert republish_lost() == [] and publish_pending() == []
+    ids = [json.loads(m)["headers"]["id"] for m in broker.lrange("gpu", 0, -1)]
+    assert sorted(ids) == sorted([waiting, lost])
+    # A delivered, unacknowledged message (a worker holds it) counts as present too.
+    raw = broker.rpop("gpu")
+    broker.hset("unacked", "tag", json.dumps([json.loads(raw), "", "gpu"]))
+    assert republish_lost() == []
+    broker.delete("gpu", "unacked")
     get_settings.cache_clear()
 
 

@@ -9,19 +9,60 @@ messages are therefore harmless: the second `claim` of a job finds it no longer 
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
+from app import outputs
 from app.db import session_factory
-from app.models import Job, JobStatus, utcnow
+from app.models import CalibrationText, Job, JobStatus, utcnow
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def database_unavailable(err: BaseException) -> bool:
+    """A lost or refused connection (server restarting, network blip), as opposed to a bad statement."""
+    if isinstance(err, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(err, DBAPIError) and err.connection_invalidated
+
+
+def ride_out(fn: Callable[P, R]) -> Callable[P, R]:
+    """Retry `fn` while the database is unavailable, for up to `Settings.db_retry_s` (then re-raise).
+
+    Every wrapped write is a conditional UPDATE, so running it again after a commit whose answer was lost
+    does no harm. A running job therefore pauses through a database outage instead of failing or restarting.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        deadline = time.monotonic() + get_settings().db_retry_s
+        delay = 0.5
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                if not database_unavailable(err) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "database unavailable in %s (%s); retrying in %.1f s", fn.__name__, type(err).__name__, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return wrapper
 
 
 def _session() -> Session:
@@ -43,6 +84,7 @@ def _held(job_id: str | uuid.UUID, worker: str) -> tuple[Any, ...]:
     return (Job.id == _id(job_id), Job.status == JobStatus.running, Job.worker == worker)
 
 
+@ride_out
 def claim(job_id: str | uuid.UUID, worker: str) -> bool:
     """queued → running for `worker`; False (and nothing changes) when the job is not queued any more."""
     lease = timedelta(seconds=get_settings().lease_s)
@@ -67,6 +109,7 @@ def claim(job_id: str | uuid.UUID, worker: str) -> bool:
         return done.rowcount == 1
 
 
+@ride_out
 def load(job_id: str | uuid.UUID) -> Job | None:
     """The job row, detached (its attributes stay readable after the session closes)."""
     with _session() as session:
@@ -83,6 +126,7 @@ def heartbeat(job_id: str | uuid.UUID, worker: str) -> bool:
         return done.rowcount == 1
 
 
+@ride_out
 def set_progress(
     job_id: str | uuid.UUID,
     worker: str,
@@ -105,6 +149,7 @@ def set_progress(
         return done.rowcount == 1
 
 
+@ride_out
 def set_revision(job_id: str | uuid.UUID, worker: str, sha: str) -> bool:
     """The commit the worker actually downloaded (submit could not resolve it when the Hub was down)."""
     with _session() as session:
@@ -113,6 +158,7 @@ def set_revision(job_id: str | uuid.UUID, worker: str, sha: str) -> bool:
         return done.rowcount == 1
 
 
+@ride_out
 def record_stage_time(job_id: str | uuid.UUID, worker: str, stage: str, seconds: float) -> bool:
     """Add one stage's wall time to `stage_timings`.
 
@@ -127,12 +173,31 @@ def record_stage_time(job_id: str | uuid.UUID, worker: str, stage: str, seconds:
         return done.rowcount == 1
 
 
+@ride_out
+def enter_push(job_id: str | uuid.UUID, worker: str) -> bool:
+    """Move a held job into `push` unless a cancel was requested (atomic with the API's cancel, which refuses
+    jobs already in `push`); False when a cancel came first or the job is no longer this worker's."""
+    with _session() as session:
+        now = _now(session)
+        done = session.execute(
+            update(Job)
+            .where(*_held(job_id, worker), Job.cancel_requested_at.is_(None))
+            .values(
+                stage="push", progress={"stage": "push", "layer": None, "layers": None, "fraction": 0.0}, updated_at=now
+            )
+        )
+        session.commit()
+        return done.rowcount == 1
+
+
+@ride_out
 def cancel_requested(job_id: str | uuid.UUID) -> bool:
     """Whether the owner asked to cancel (the API sets `cancel_requested_at`; the worker stops cooperatively)."""
     with _session() as session:
         return session.scalar(select(Job.cancel_requested_at).where(Job.id == _id(job_id))) is not None
 
 
+@ride_out
 def finish(
     job_id: str | uuid.UUID,
     worker: str,
@@ -161,26 +226,32 @@ def finish(
             )
         )
         session.commit()
-        return done.rowcount == 1
+        if done.rowcount == 1:
+            return True
+        # Retried after a commit whose answer was lost? Then the row already says what we wrote.
+        row = session.execute(select(Job.status, Job.worker).where(Job.id == _id(job_id))).one_or_none()
+        return row is not None and row.status == status and row.worker == worker
 
 
 def requeue_stale() -> dict[str, list[str]]:
-    """Recover jobs whose worker died and jobs whose message may have been lost; returns what it did.
+    """Recover jobs whose worker died; returns what it did.
 
     - running, lease expired, cancel requested → cancelled (the owner wanted it stopped anyway);
     - running, lease expired, `max_attempts` claims used → failed `internal_error` (a job that kills its
       worker every time — e.g. the kernel's OOM killer — must not loop forever);
-    - running, lease expired otherwise → queued again (attempts kept) and re-enqueued;
-    - queued and untouched for `stale_queued_s` → re-enqueued (the broker may have been down at submit);
-      `updated_at` is bumped so one job is re-enqueued at most once per period.
+    - running, lease expired otherwise → queued again (attempts kept) with its message un-sent, so the
+      outbox dispatcher (`worker.outbox`) publishes it once.
     Several workers may sweep at once: every change is conditional, and a duplicate message is a no-op claim.
     """
-    from worker.celery_app import enqueue  # late: the API imports this module's siblings without Celery set up
-
     settings = get_settings()
-    done: dict[str, list[str]] = {"cancelled": [], "failed": [], "requeued": [], "reenqueued": []}
+    done: dict[str, list[str]] = {"cancelled": [], "failed": [], "requeued": []}
     with _session() as session:
         now = _now(session)
+        if database_restarted_within(session, settings.lease_s):
+            # Workers could not renew their leases while the database was down: give them one lease
+            # period to do so before treating anybody as dead.
+            log.info("sweep: the database restarted less than one lease ago; no lease is expired yet")
+            return done
         expired = (Job.status == JobStatus.running, Job.lease_until < now)
         stale = session.execute(select(Job.id, Job.attempts, Job.cancel_requested_at).where(*expired)).all()
         for job_id, attempts, cancel_at in stale:
@@ -198,7 +269,7 @@ def requeue_stale() -> dict[str, list[str]]:
                 }
                 key = "failed"
             else:
-                values = {"status": JobStatus.queued, "stage": "queued", "progress": None}
+                values = {"status": JobStatus.queued, "stage": "queued", "progress": None, "enqueued_at": None}
                 key = "requeued"
             changed = session.execute(
                 update(Job)
@@ -207,21 +278,39 @@ def requeue_stale() -> dict[str, list[str]]:
             )
             if changed.rowcount == 1:
                 done[key].append(str(job_id))
-        old = now - timedelta(seconds=settings.stale_queued_s)
-        for job_id in session.scalars(select(Job.id).where(Job.status == JobStatus.queued, Job.updated_at < old)):
-            changed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.queued, Job.updated_at < old)
-                .values(updated_at=now)
-            )
-            if changed.rowcount == 1:
-                done["reenqueued"].append(str(job_id))
         session.commit()
-    for job_id in done["requeued"] + done["reenqueued"]:
-        try:
-            enqueue(job_id)
-        except Exception as err:  # broker down: the row stays queued, the next sweep tries again
-            log.warning("sweep could not enqueue job %s: %s", job_id, err)
     if any(done.values()):
         log.info("sweep: %s", {k: len(v) for k, v in done.items()})
     return done
+
+
+def database_restarted_within(session: Session, seconds: float) -> bool:
+    """Whether the database server started less than `seconds` ago (Postgres; False elsewhere)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    age = session.scalar(text("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())"))
+    return age is not None and float(age) < seconds
+
+
+@ride_out
+def calibration_text(sha256: str) -> str:
+    """Inline calibration text of a job, stored once by its hash at submit."""
+    with _session() as session:
+        text = session.scalar(select(CalibrationText.text).where(CalibrationText.sha256 == sha256))
+    if text is None:
+        raise LookupError(f"calibration text {sha256[:12]}… is missing from the database")
+    return text
+
+
+@ride_out
+def output_created(repo_id: str, owner: str) -> bool:
+    """Whether the service already created `repo_id` on the Hub for `owner` (so it may write it again)."""
+    with _session() as session:
+        row = outputs.reservation(session, repo_id)
+        return row is not None and row.owner == owner and row.pushed_at is not None
+
+
+@ride_out
+def mark_output_created(repo_id: str, owner: str) -> None:
+    with _session() as session:
+        outputs.mark_pushed(session, repo_id, owner)

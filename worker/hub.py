@@ -5,9 +5,10 @@ per call and never logged or stored; when none is configured the library's own d
 login) applies. The endpoint is the library's (HF_ENDPOINT, read when `huggingface_hub` is imported).
 
 Hub failures become job error codes here, so the pipeline only sees `SlimError`s with a `.code`. Pushes
-are retried with exponential back-off on 5xx / 429 / connection errors — an upload of a finished model is
-worth a few tries, and a retried `upload_folder` skips LFS objects the server already has; downloads are
-not retried here (the client already retries its file transfers, and a failed download costs little).
+and downloads are retried with exponential back-off on 5xx / 429 / connection errors (the client itself
+does not retry a 5xx): an upload of a finished model is worth a few tries, and a retried `upload_folder`
+skips LFS objects the server already has; a download is tried `hub_download_attempts` times (a retried
+snapshot skips the files it already has) before the job fails with `hub_unavailable`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from app.settings import get_settings
 from slimkit.errors import SlimError
+from slimkit.hubio import describe, retryable, status_of
 from slimkit.loading import download
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ T = TypeVar("T")
 
 class HubPushFailed(SlimError):
     code = "hub_push_failed"
+
+
+class OutputConflict(SlimError):
+    """The output repo exists but was not created by this service for the job's owner."""
+
+    code = "output_conflict"
 
 
 @dataclass
@@ -58,23 +65,22 @@ def endpoint() -> str:
 
 
 def _status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    return getattr(response, "status_code", None)
+    return status_of(err)
 
 
 def fetch_source(model: str, revision: str, dest: Path) -> Snapshot:
     """Resolve `revision` and download that commit's safetensors snapshot into `dest` (the engine's coded errors:
-    model_not_found, revision_not_found, gated_or_unauthorized, no_safetensors, hub_unavailable)."""
-    path, sha = download(model, revision, token=get_settings().hub_write_token(), local_dir=dest)
+    model_not_found, revision_not_found, gated_or_unauthorized, no_safetensors, hub_unavailable after retries)."""
+    settings = get_settings()
+    path, sha = download(
+        model,
+        revision,
+        token=settings.hub_write_token(),
+        local_dir=dest,
+        attempts=max(1, settings.hub_download_attempts),
+        retry_base_s=settings.hub_retry_base_s,
+    )
     return Snapshot(path, sha)
-
-
-def retryable(err: BaseException) -> bool:
-    """5xx, 429 and transport errors (refused, reset, timed out) are worth another try; 4xx are not."""
-    if isinstance(err, HfHubHTTPError):
-        status = _status(err)
-        return status is None or status >= 500 or status == 429
-    return isinstance(err, httpx2.TransportError | ConnectionError | TimeoutError)
 
 
 def with_backoff(action: Callable[[], T], what: str, attempts: int, base_s: float) -> T:
@@ -83,34 +89,61 @@ def with_backoff(action: Callable[[], T], what: str, attempts: int, base_s: floa
         try:
             return action()
         except Exception as err:
+            if isinstance(err, SlimError):  # already a job outcome (e.g. output_conflict)
+                raise
             if not retryable(err):
-                raise HubPushFailed(f"{what} failed and was not retried: {_describe(err)}") from err
+                raise HubPushFailed(f"{what} failed and was not retried: {describe(err)}") from err
             if attempt == attempts:
-                raise HubPushFailed(f"{what} failed after {attempts} tries: {_describe(err)}") from err
+                raise HubPushFailed(f"{what} failed after {attempts} tries: {describe(err)}") from err
             delay = base_s * 2 ** (attempt - 1)
-            log.warning("%s failed (try %d/%d: %s); retrying in %.2f s", what, attempt, attempts, _describe(err), delay)
+            log.warning("%s failed (try %d/%d: %s); retrying in %.2f s", what, attempt, attempts, describe(err), delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _describe(err: BaseException) -> str:
-    status = _status(err)
-    text = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}" + (f" (HTTP {status})" if status else "") + (f": {text}" if text else "")
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    private: bool,
+    commit_message: str,
+    ours: bool = True,
+    on_created: Callable[[], object] | None = None,
+) -> Pushed:
+    """Create the repo if needed and upload `folder` as one commit, retrying transient failures.
 
-
-def push_folder(folder: Path, repo_id: str, private: bool, commit_message: str) -> Pushed:
-    """Create the repo if needed and upload `folder` as one commit, retrying transient failures."""
+    ours: the service created this repo for the job's owner before (it may be written again). Otherwise the
+    repo must not exist yet: a repo that appeared on the Hub since submit is someone else's, and nothing is
+    pushed (`output_conflict`) — unless it is the one our own earlier try just created (its answer was lost).
+    `on_created` records the creation, before anything is uploaded.
+    """
     settings = get_settings()
     api = _api()
+    tried = False
 
     def create() -> Any:
-        return api.create_repo(repo_id, private=private, exist_ok=True)
+        nonlocal tried
+        if ours:
+            return api.create_repo(repo_id, private=private, exist_ok=True)
+        try:
+            return api.create_repo(repo_id, private=private, exist_ok=False)
+        except HfHubHTTPError as err:
+            if _status(err) != 409 or not tried:
+                if _status(err) == 409:
+                    raise OutputConflict(
+                        f"{repo_id} was created on the Hub by someone else after the job was accepted; nothing "
+                        "was pushed (submit again with another output.repo_id)"
+                    ) from err
+                raise
+            return None  # our previous try created it, and only its answer was lost
+        finally:
+            tried = True
 
     def upload() -> Any:
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
 
     attempts, base = max(1, settings.hub_push_attempts), settings.hub_retry_base_s
     with_backoff(create, f"creating {repo_id}", attempts, base)
+    if on_created is not None:
+        on_created()
     info = with_backoff(upload, f"uploading to {repo_id}", attempts, base)
     return Pushed(repo_id=repo_id, commit=info.oid, url=f"{api.endpoint.rstrip('/')}/{repo_id}/tree/{info.oid}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from app import outputs
 from app.models import Job, JobStatus
 from app.settings import get_settings
 from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, compress
@@ -96,6 +96,14 @@ class Tracker:
         else:  # e.g. the gradient pass (`estimate`: windows done) or the latency profile (widths timed)
             self.progress(stage, fraction=done / total if total else 0.0)
 
+    def enter_push(self) -> None:
+        """Start pushing, atomically with the API's cancel: after this, a cancel is refused (409), not ignored."""
+        self.check_cancel()
+        if not claim.enter_push(self.job_id, self.worker):
+            self.check_cancel()  # a cancel won the race: stop here, before anything is uploaded
+            raise LeaseLost(self.job_id)
+        self._stage = "push"
+
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = round(seconds, 3)
         claim.record_stage_time(self.job_id, self.worker, stage, seconds)
@@ -109,21 +117,6 @@ class Tracker:
         self.add_time(name, time.perf_counter() - start)
 
 
-def target_label(target: dict[str, Any]) -> str:
-    """`30` for a 30 % ratio target, `x1.5` for a 1.5× speed-up target."""
-    if target.get("speedup") is not None:
-        return f"x{target['speedup']:.3g}"
-    return f"{target['ratio'] * 100:.4g}"
-
-
-def default_repo_id(model: str, method: str, label: str, namespace: str) -> str:
-    """`<namespace>/<name>-<method>-<label>`, e.g. alice/SmolLM2-135M-intraslice-30, within Hub name rules."""
-    suffix = f"-{method}-{label}"
-    name = model.split("/")[-1][: 96 - len(suffix)] + suffix
-    namespace = re.sub(r"[^A-Za-z0-9_.-]+", "-", namespace).strip("-.") or "slimkit"
-    return f"{namespace[:96]}/{name}"
-
-
 def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[CompressionRequest, str | None]:
     """The engine request for a job's stored API request; also a card label for inline calibration text.
 
@@ -133,10 +126,11 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
     body = job.request
     cal, ev, target = body.get("calibration", {}), body.get("evaluation", {}), body["target"]
     label = record_name = None
-    if cal.get("text"):
+    text = claim.calibration_text(cal["text_sha256"]) if cal.get("text_sha256") else cal.get("text")
+    if text:
         text_file = job_dir / "calibration.txt"
-        text_file.write_text(cal["text"], encoding="utf-8")
-        digest = hashlib.sha256(cal["text"].encode()).hexdigest()
+        text_file.write_text(text, encoding="utf-8")
+        digest = hashlib.sha256(text.encode()).hexdigest()
         calib_source, label = str(text_file), f"inline text supplied with the job (sha256 `{digest}`)"
         record_name = f"inline:sha256:{digest}"
     else:
@@ -210,21 +204,20 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
 
     pushed = None
     if output.get("push", True):
-        target = job.request["target"]
-        target_name = target_label(target)
-        repo_id = output.get("repo_id") or default_repo_id(
-            job.model, job.method, target_name, settings.hub_namespace or job.owner
+        target_name = outputs.target_label(job.request["target"])
+        repo_id = output.get("repo_id") or outputs.default_repo_id(job.model, job.method, target_name, job.owner)
+        tracker.enter_push()
+        start = time.perf_counter()
+        (out_dir / "README.md").write_text(card.render(record, job.model, snapshot.sha, repo_id, label, hub.endpoint()))
+        pushed = hub.push_folder(
+            out_dir,
+            repo_id,
+            private=output.get("private", True),
+            commit_message=f"{job.method} {target_name} of {job.model}@{snapshot.sha[:12]} (slimkit job {job.id})",
+            ours=claim.output_created(repo_id, job.owner),
+            on_created=lambda: claim.mark_output_created(repo_id, job.owner),
         )
-        with tracker.stage("push"):
-            (out_dir / "README.md").write_text(
-                card.render(record, job.model, snapshot.sha, repo_id, label, hub.endpoint())
-            )
-            pushed = hub.push_folder(
-                out_dir,
-                repo_id,
-                private=output.get("private", True),
-                commit_message=f"{job.method} {target_name} of {job.model}@{snapshot.sha[:12]} (slimkit job {job.id})",
-            )
+        tracker.add_time("push", time.perf_counter() - start)
     metrics = record.get("metrics", {})
     return {
         "repo_id": pushed.repo_id if pushed else None,

@@ -6,51 +6,76 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Query, Response, status
 
 from app import jobs
 from app.auth import CallerDep
 from app.db import SessionDep
 from app.models import JobStatus
-from app.schemas import JobCreate, JobOut, JobPage
+from app.outputs import OutputRefused
+from app.schemas import FieldErrors, JobCreate, JobOut, JobPage, Message
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def field_error(status_code: int, loc: list[str], msg: str, kind: str) -> HTTPException:
+    """An error in the same shape as a 422 validation error, so clients read every refusal one way."""
+    return HTTPException(status_code, [{"loc": loc, "msg": msg, "type": kind}])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={
+        403: {"model": FieldErrors, "description": "the token may not push to `output.repo_id`"},
+        413: {"model": Message, "description": "request body too large"},
+        503: {"model": Message, "description": "the database is unavailable; retry after `Retry-After`"},
+    },
+)
 def submit_job(
     body: JobCreate,
     session: SessionDep,
     caller: CallerDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    background: BackgroundTasks,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobOut:
-    """Submit a compression job. Poll the URL in `Location`; replays with the same Idempotency-Key are free."""
-    try:
-        job, created = jobs.submit(session, caller.owner, caller.token_id, body, idempotency_key)
-    except jobs.IdempotencyConflict as err:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            [
-                {
-                    "loc": ["header", "Idempotency-Key"],
-                    "msg": "key already used with a different request body",
-                    "type": "idempotency_conflict",
-                }
-            ],
-        ) from err
-    if created and job.status == JobStatus.queued:
-        from worker.celery_app import enqueue  # the message is only a wake-up call: the row is the job
+    """Submit a compression job. Poll the URL in `Location`; replays with the same Idempotency-Key are free.
 
-        try:
-            enqueue(str(job.id))
-        except Exception:  # broker down: the row is queued anyway, and the workers' sweep picks it up
-            log.exception("could not enqueue job %s; it stays queued for the sweep", job.id)
+    The job row is the message (a transactional outbox): it is committed first, then published to the
+    broker after the response is sent; if that fails, the workers' dispatcher publishes it. So the answer
+    never waits on the broker, and an accepted job is never lost.
+    """
+    try:
+        job, created = jobs.submit(session, caller, body, idempotency_key)
+    except jobs.IdempotencyConflict as err:
+        raise field_error(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            ["header", "Idempotency-Key"],
+            "key already used with a different request body",
+            "idempotency_conflict",
+        ) from err
+    except OutputRefused as err:
+        kind = "output_forbidden" if err.status == 403 else "output_not_allowed"
+        raise field_error(err.status, ["body", "output", "repo_id"], err.message, kind) from err
+    if created and job.status == JobStatus.queued:
+        background.add_task(publish_now, job.id)
     response.headers["Location"] = f"/jobs/{job.id}"
     response.headers["Retry-After"] = str(get_settings().retry_after_s)
     return JobOut.of(job)
+
+
+def publish_now(job_id: uuid.UUID) -> None:
+    """Best effort, after the response: publish the job's message (bounded by the broker timeouts)."""
+    from worker.outbox import publish_one  # the API image has Celery but not the engine: no torch here
+
+    try:
+        publish_one(job_id)
+    except Exception as err:  # broker down or slow: the row stays unpublished and a dispatcher sends it
+        log.warning("job %s not published now (%s); the dispatcher will", job_id, type(err).__name__)
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -84,10 +109,20 @@ def list_jobs(
     return JobPage(data=[JobOut.of(j) for j in rows], next_cursor=next_cursor)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={409: {"model": Message, "description": "the job is pushing its result and can no longer be cancelled"}},
+)
 def cancel_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobOut:
-    """Cancel: a queued job never starts; a running one stops at the next layer or stage. Idempotent."""
+    """Cancel: a queued job never starts; a running one stops at the next layer or stage. Idempotent.
+
+    Once a job has started pushing its result, a cancel is refused with 409 (it would not be honoured).
+    """
     job = jobs.get_job(session, caller.owner, job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "job not found")
-    return JobOut.of(jobs.cancel(session, job))
+    try:
+        return JobOut.of(jobs.cancel(session, job))
+    except jobs.CancelRefused as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err

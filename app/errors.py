@@ -1,0 +1,117 @@
+"""Error responses that every route shares: request size limit, validation errors, database outages.
+
+- Bodies above `Settings.max_body_bytes` are refused with 413 before they are read (by Content-Length, and
+  by counting while reading when there is none), so a huge request is never parsed or stored.
+- A 422 names the field (`detail[].loc`) but never echoes large inputs back: FastAPI would include every
+  invalid value verbatim (a 50 MB string in, a 50 MB error out).
+- While the database is unreachable every route answers 503 JSON with Retry-After instead of a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+ECHO_LIMIT = 200  # characters of an invalid input value that a 422 may repeat
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for request bodies larger than `limit` bytes, checked before and while reading."""
+
+    def __init__(self, app: ASGIApp, limit: int | None = None) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit if self.limit is not None else get_settings().max_body_bytes
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await too_large(limit)(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await too_large(limit)(scope, receive, send)
+
+
+def too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
+
+
+def _short(value: Any) -> Any:
+    text = repr(value)
+    return value if len(text) <= ECHO_LIMIT else f"<{type(value).__name__} of {len(text)} characters, not shown>"
+
+
+async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = []
+    for error in exc.errors():
+        item = {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+        if "input" in error:
+            item["input"] = _short(error["input"])
+        errors.append(item)
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+def database_down(err: BaseException) -> bool:
+    if isinstance(err, PoolTimeout):
+        return True
+    if isinstance(err, DBAPIError):
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        return err.connection_invalidated or isinstance(err, OperationalError | InterfaceError)
+    return False
+
+
+async def database_error(_: Request, exc: Exception) -> JSONResponse:
+    if not database_down(exc):
+        log.exception("database error", exc_info=exc)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+    log.warning("database unavailable: %s", type(exc).__name__)
+    retry = str(max(get_settings().retry_after_s, 5))
+    return JSONResponse(
+        {"detail": "the database is unavailable; retry later"}, status_code=503, headers={"Retry-After": retry}
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_middleware(BodySizeLimit)
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(PoolTimeout, database_error)

@@ -1,0 +1,135 @@
+"""Where a job may push: output repo names, the per-owner allow-list, and reservations of repos we own.
+
+Rules, checked at submit (the worker then creates the repo with `exist_ok=False` unless the service created
+it for the same owner before, so a repo that appears on the Hub in between is not written either):
+- the repo id must match one of the caller's allowed patterns (the token's own `output_patterns`, else the
+  deployment's `Settings.output_patterns`, else "<hub_namespace>/<owner>-*" or "<owner>/*");
+- it is never the source model's repo;
+- it is never a repo that exists on the Hub unless the service created it for the same owner (an
+  `OutputRepo` row), and even then only when the job asks to update its earlier output (`output.overwrite`).
+Names are compared case-folded, as the Hub compares them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.models import OutputRepo, utcnow
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputRefused(Exception):
+    """The output repo is not allowed for this caller: `status` 403 (not theirs) or 422 (not usable)."""
+
+    status: int
+    message: str
+
+
+def target_label(target: dict[str, Any]) -> str:
+    """`30` for a 30 % ratio target, `x1.5` for a 1.5× speed-up target."""
+    if target.get("speedup") is not None:
+        return f"x{target['speedup']:.3g}"
+    return f"{target['ratio'] * 100:.4g}"
+
+
+def _clean(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", part).strip("-.")
+
+
+def default_repo_id(model: str, method: str, label: str, owner: str) -> str:
+    """`<owner>/<name>-<method>-<label>`, or `<hub_namespace>/<owner>-<name>-…` in a deployment namespace."""
+    namespace = get_settings().hub_namespace
+    prefix = "" if namespace is None else f"{_clean(owner) or 'user'}-"
+    namespace = _clean(namespace or owner) or "slimkit"
+    suffix = f"-{method}-{label}"
+    name = (prefix + model.split("/")[-1])[: 96 - len(suffix)].strip("-.") + suffix
+    return f"{namespace[:96]}/{name}"
+
+
+def allowed_patterns(owner: str, token_patterns: list[str] | None) -> list[str]:
+    settings = get_settings()
+    if token_patterns:
+        patterns = token_patterns
+    elif settings.output_patterns:
+        patterns = settings.output_patterns
+    elif settings.hub_namespace:
+        patterns = [f"{settings.hub_namespace}/{{owner}}-*"]
+    else:
+        patterns = ["{owner}/*"]
+    return [p.replace("{owner}", owner) for p in patterns]
+
+
+def check_allowed(repo_id: str, owner: str, token_patterns: list[str] | None, source: str) -> None:
+    """Refuse a repo id outside the caller's allow-list, or the source model itself."""
+    key = repo_id.lower()
+    if key == source.lower():
+        raise OutputRefused(422, "output.repo_id is the source model's repo: outputs never overwrite their source")
+    patterns = allowed_patterns(owner, token_patterns)
+    if not any(fnmatch.fnmatchcase(key, p.lower()) for p in patterns):
+        raise OutputRefused(403, f"this token may not push to {repo_id!r}; allowed: {', '.join(patterns)}")
+
+
+def reserve(
+    session: Session, repo_id: str, owner: str, job_id: uuid.UUID, overwrite: bool, on_hub: bool | None
+) -> None:
+    """Reserve `repo_id` for `owner` in the current transaction (the caller commits); OutputRefused if not allowed.
+
+    on_hub: whether the repo exists on the Hub now (None: the Hub could not be asked; the worker checks again).
+    """
+    row = session.get(OutputRepo, repo_id.lower(), with_for_update=True)
+    if row is None:
+        if on_hub:
+            raise OutputRefused(
+                422, f"{repo_id} already exists on the Hub and was not created by this service for you; pick another"
+            )
+        session.add(OutputRepo(repo_key=repo_id.lower(), repo_id=repo_id, owner=owner, job_id=job_id))
+        return
+    if row.owner != owner:
+        raise OutputRefused(403, f"this token may not push to {repo_id!r} (it belongs to another owner)")
+    if row.pushed_at is not None and not overwrite:
+        raise OutputRefused(
+            422, f"{repo_id} already holds an earlier output of yours; set output.overwrite to update it"
+        )
+    row.job_id = job_id
+
+
+def reservation(session: Session, repo_id: str) -> OutputRepo | None:
+    return session.get(OutputRepo, repo_id.lower())
+
+
+def mark_pushed(session: Session, repo_id: str, owner: str) -> None:
+    """Record that the service created (and wrote) the repo for `owner`."""
+    session.execute(
+        update(OutputRepo)
+        .where(OutputRepo.repo_key == repo_id.lower(), OutputRepo.owner == owner, OutputRepo.pushed_at.is_(None))
+        .values(pushed_at=utcnow())
+    )
+    session.commit()
+
+
+def repo_exists_on_hub(repo_id: str) -> bool | None:
+    """Whether the repo exists (seen with the deployment's token); None when the Hub cannot be asked."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi(token=get_settings().hub_write_token()).model_info(repo_id, timeout=10)
+        return True
+    except GatedRepoError:
+        return True  # exists, even if this token may not read it
+    except RepositoryNotFoundError:
+        return False
+    except Exception as err:  # unreachable or erroring Hub: the worker checks again right before pushing
+        log.warning("could not check whether %s exists on the Hub (%s)", repo_id, type(err).__name__)
+        return None
