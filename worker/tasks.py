@@ -64,12 +64,14 @@ def _heartbeat(job_id: str, worker: str, stop: threading.Event) -> None:
 def run_job(self, job_id: str) -> str:
     """Run one job if it is still queued; returns what happened (for the worker log)."""
     worker = f"{self.request.hostname or 'worker'}/{os.getpid()}"
+    # Imported before the claim: the first import (engine, transformers) can outlast a short lease on a
+    # loaded machine, and a claimed job has no heartbeat until the thread below starts.
+    from worker.pipeline import execute
+
     if not claim(job_id, worker):
         log.info("job %s is not queued (duplicate or redelivered message, or cancelled); skipped", job_id)
         return "skipped"
     log.info("job %s claimed by %s", job_id, worker)
-    from worker.pipeline import execute
-
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(job_id, worker, stop), name=f"heartbeat-{job_id}", daemon=True)
     beat.start()
