@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 ECHO_LIMIT = 200  # characters of an invalid input value that a 422 may repeat
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     """ASGI middleware: 413 for request bodies larger than `limit` bytes, checked before and while reading."""
 
@@ -47,27 +43,31 @@ class BodySizeLimit:
             await too_large(limit)(scope, receive, send)
             return
         seen = 0
-        started = False
+        started = refused = False
+
+        async def noop_receive() -> Message:
+            return {"type": "http.disconnect"}
 
         async def counted_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge
+                if seen > limit:  # answer 413 now; the app sees a disconnected client and its answer is dropped
+                    refused = True
+                    if not started:
+                        await too_large(limit)(scope, noop_receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await too_large(limit)(scope, receive, send)
+        await self.app(scope, counted_receive, tracked_send)
 
 
 def too_large(limit: int) -> JSONResponse:
