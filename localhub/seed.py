@@ -54,12 +54,14 @@ def seed(
     gated: bool | None = None,
     lfs_threshold: int | None = None,
     message: str = "Seed from a local folder",
+    branch: str = "main",
 ) -> str:
-    """Make `main` of `repo_id` hold exactly the files of `folder`; returns the commit id.
+    """Make `branch` of `repo_id` hold exactly the files of `folder`; returns the commit id.
 
     `target` is a running app (or its `HubState` / `Storage`), whose server sees the result at once, or a root
     folder, which a server started *afterwards* on that root will load. The repo is created if needed;
-    `private` / `gated` are applied when given. Re-seeding an unchanged folder makes no new commit.
+    `private` / `gated` are applied when given. Re-seeding an unchanged folder makes no new commit. A missing
+    `branch` (e.g. `feature/x`, or `refs/pr/1` for a pull request's ref) is created from `main` first.
     """
     storage, default_threshold = _target(target)
     folder = Path(folder)
@@ -68,10 +70,12 @@ def seed(
     repo = storage.find(repo_type, repo_id) or storage.create_repo(repo_type, repo_id)
     if private is not None or gated is not None:
         storage.update_settings(repo_type, repo_id, private=private, gated=gated)
+    if branch not in repo.branches:
+        storage.create_branch(repo, branch, "main")
     entries = folder_entries(storage, folder, lfs_threshold or default_threshold)
-    head = storage.resolve(repo, "main")
+    head = storage.resolve(repo, branch)
     if entries == head.files:
         return head.oid
     operations = [Operation("delete", path) for path in head.files if path not in entries]
     operations += [Operation("add", path, entry) for path, entry in entries.items()]
-    return storage.commit(repo, "main", operations, message).oid
+    return storage.commit(repo, branch, operations, message).oid

@@ -6,7 +6,10 @@ headers and `X-Error-Code`s the client turns into its exceptions (see infra.md Â
 request sequence). Tests and the offline demo use it because the real Hub is unreachable here, and because
 mocks inside the client (httpx2) would skip the very code paths we want exercised.
 
-Not implemented: Xet, pull requests, branches other than `main` via the API, revisions containing `/`.
+Revisions may contain `/` (`feature/x`, `refs/pr/1`): the client percent-encodes them into one path segment,
+so routing works on the raw path with `%2F` kept inside segments, and each route decodes its revision.
+Branches are created with `create_branch` or `seed(..., branch=...)`. Not implemented: Xet, pull requests
+(their refs can be seeded), tags.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from localhub import lfs
+from localhub import downloads, lfs
 from localhub.context import KINDS, URL_PREFIX, USER, HubState, base_url, find_repo, hub_of
 from localhub.faults import Faults
 from localhub.storage import (
@@ -34,7 +37,6 @@ from localhub.storage import (
     Commit,
     Entry,
     EntryNotFound,
-    GatedRepo,
     HubError,
     Operation,
     Repo,
@@ -66,7 +68,7 @@ def create_app(
     app.add_exception_handler(HubError, _hub_error)  # type: ignore[arg-type]
     app.include_router(router)
     app.include_router(lfs.router)
-    app.include_router(files)
+    app.include_router(downloads.router)
     return app
 
 
@@ -81,6 +83,7 @@ class _Gate:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        scope = dict(scope, path=_route_path(scope))
         if delay := self.hub.faults.delay_for(path):
             await asyncio.sleep(delay)
         status = [0]
@@ -104,6 +107,19 @@ class _Gate:
             await self.app(scope, receive, logged_send)
         finally:
             self.hub.requests.append(f"{scope['method']} {path} {status[0]}")
+
+
+def _route_path(scope: Scope) -> str:
+    """The path to route on: decoded per segment, but a `/` (or `%`) inside a segment stays escaped.
+
+    Starlette routes on the fully decoded path, where `revision/feature%2Fx` would become two segments and
+    match no route; routes receive the still-escaped segment and `unquote` it themselves.
+    """
+    raw = scope.get("raw_path")
+    if not raw:
+        return scope["path"]
+    segments = raw.decode("latin-1").split("/")
+    return "/".join(unquote(seg).replace("%", "%25").replace("/", "%2F") for seg in segments)
 
 
 async def _hub_error(request: Request, exc: HubError) -> Response:
@@ -206,8 +222,10 @@ async def agent_harnesses() -> JSONResponse:
 @router.get("/api/{kind}/{ns}/{name}")
 @router.get("/api/{kind}/{ns}/{name}/revision/{rev}")
 async def repo_info(request: Request, kind: str, ns: str, name: str, rev: str = "main") -> JSONResponse:
+    if hub_of(request).faults.on_info():
+        return JSONResponse({"error": "injected fault: repo info failed"}, status_code=500)
     repo = _repo(request, kind, ns, name)
-    commit = hub_of(request).storage.resolve(repo, rev)
+    commit = hub_of(request).storage.resolve(repo, unquote(rev))
     siblings = []
     for path, entry in sorted(commit.files.items()):
         sibling: dict[str, Any] = {"rfilename": path, "size": entry.size, "blobId": entry.oid}
@@ -265,9 +283,9 @@ def _tree(commit: Commit, base: str, recursive: bool) -> list[dict[str, Any]]:
 @router.get("/api/{kind}/{ns}/{name}/tree/{rev}/{path:path}")
 async def list_tree(request: Request, kind: str, ns: str, name: str, rev: str, path: str = "") -> JSONResponse:
     hub = hub_of(request)
-    commit = hub.storage.resolve(_repo(request, kind, ns, name), rev)
+    commit = hub.storage.resolve(_repo(request, kind, ns, name), unquote(rev))
     recursive = request.query_params.get("recursive", "false").lower() in ("1", "true")
-    items = _tree(commit, path, recursive)
+    items = _tree(commit, unquote(path), recursive)
     start = int(request.query_params.get("cursor", "0"))
     page = items[start : start + hub.tree_page_size]
     headers = {}
@@ -278,7 +296,7 @@ async def list_tree(request: Request, kind: str, ns: str, name: str, rev: str, p
 
 @router.post("/api/{kind}/{ns}/{name}/paths-info/{rev}")
 async def paths_info(request: Request, kind: str, ns: str, name: str, rev: str) -> JSONResponse:
-    commit = hub_of(request).storage.resolve(_repo(request, kind, ns, name), rev)
+    commit = hub_of(request).storage.resolve(_repo(request, kind, ns, name), unquote(rev))
     wanted = parse_qs((await request.body()).decode()).get("paths", [])
     out = []
     for path in wanted:
@@ -307,7 +325,7 @@ def _ignored(path: str, gitignore: str) -> bool:
 async def preupload(request: Request, kind: str, ns: str, name: str, rev: str) -> JSONResponse:
     """Classify each file as LFS or regular (the server decides) and give the current oid for no-op detection."""
     hub = hub_of(request)
-    commit = hub.storage.resolve(_repo(request, kind, ns, name), rev)
+    commit = hub.storage.resolve(_repo(request, kind, ns, name), unquote(rev))
     body = await request.json()
     gitignore = body.get("gitIgnore")
     if gitignore is None and ".gitignore" in commit.files:
@@ -372,29 +390,15 @@ async def create_commit(request: Request, kind: str, ns: str, name: str, rev: st
     repo = _repo(request, kind, ns, name)
     if request.query_params.get("create_pr"):
         raise HubError("localhub does not implement pull requests (create_pr)")
-    commit = await run_in_threadpool(_apply_commit, hub, repo, rev, body)
+    commit = await run_in_threadpool(_apply_commit, hub, repo, unquote(rev), body)
     url = f"{base_url(request)}/{URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.oid}"
     return JSONResponse({"success": True, "commitOid": commit.oid, "commitUrl": url})
 
 
-# -- downloads -----------------------------------------------------------------------------------------------
-files = APIRouter()
-
-
-@files.api_route("/datasets/{ns}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])
-@files.api_route("/{ns}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])
-async def resolve(request: Request, ns: str, name: str, rev: str, path: str) -> Response:
-    """Serve a file with the headers the client requires (`X-Repo-Commit`, ETag = blob key in its cache)."""
-    repo_type = "dataset" if request.url.path.startswith("/datasets/") else "model"
-    hub = hub_of(request)
-    repo = find_repo(request, repo_type, ns, name)
-    if repo.gated:
-        raise GatedRepo(f"Access to {repo_type} {repo.repo_id} is restricted: it is a gated repo.")
-    commit = hub.storage.resolve(repo, rev)
-    entry = commit.files.get(path)
-    if entry is None:
-        raise EntryNotFound(f"{path} does not exist at {commit.oid}", {"X-Repo-Commit": commit.oid})
-    headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{entry.lfs.sha256 if entry.lfs else entry.oid}"'}
-    if entry.lfs:
-        headers |= {"X-Linked-Etag": f'"{entry.lfs.sha256}"', "X-Linked-Size": str(entry.size)}
-    return FileResponse(hub.storage.content_path(entry), headers=headers, media_type="application/octet-stream")
+@router.post("/api/{kind}/{ns}/{name}/branch/{branch:path}")
+async def create_branch(request: Request, kind: str, ns: str, name: str, branch: str) -> JSONResponse:
+    """`HfApi.create_branch`: a new branch at `startingPoint` (default: the head of `main`)."""
+    repo = _repo(request, kind, ns, name)
+    body = await request.json() if await request.body() else {}
+    hub_of(request).storage.create_branch(repo, unquote(branch), str(body.get("startingPoint") or "main"))
+    return JSONResponse({})

@@ -151,6 +151,16 @@ def valid_repo_id(repo_id: str) -> bool:
     return len(parts) == 2 and all(_NAME.fullmatch(p) for p in parts) and not parts[1].endswith(".git")
 
 
+def valid_ref(name: str) -> bool:
+    """A branch name git would accept (`main`, `feature/x`, `refs/pr/1`), checked before it is stored."""
+    parts = name.split("/")
+    return (
+        0 < len(name) <= 200
+        and not re.search(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{", name)
+        and all(p and not p.startswith(".") and not p.endswith((".lock", ".")) for p in parts)
+    )
+
+
 def valid_path(path: str) -> bool:
     parts = path.split("/")
     return bool(path) and all(p not in ("", ".", "..") for p in parts) and "\0" not in path
@@ -234,6 +244,18 @@ class Storage:
             repo.private = repo.private if private is None else private
             repo.gated = repo.gated if gated is None else gated
             self._save()
+
+    def create_branch(self, repo: Repo, branch: str, revision: str = "main") -> str:
+        """A new branch (any ref name: `feature/x`, `refs/pr/1`) at the commit of `revision`; its commit id."""
+        if not valid_ref(branch):
+            raise HubError(f"invalid branch name: {branch!r}")
+        with self._lock:
+            if branch in repo.branches:
+                raise RepoExists(f"Reference already exists: {branch}")
+            commit = self.resolve(repo, revision)
+            repo.branches[branch] = commit.oid
+            self._save()
+            return commit.oid
 
     def resolve(self, repo: Repo, revision: str) -> Commit:
         """A branch name or a full commit id → its commit."""

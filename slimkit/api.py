@@ -188,7 +188,7 @@ def compress(
         if speed is not None:
             lap("profile")
         notify("calibrate", 0, 1)
-        calib = build_calibration(tokenizer, request.calibration)
+        calib = build_calibration(tokenizer, request.calibration, token=token)  # private Hub datasets
         lap("calibrate")
         windows = eval_windows(tokenizer, request.evaluation) if request.evaluation else None
         metrics: dict[str, Any] = {}

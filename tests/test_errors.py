@@ -96,6 +96,7 @@ def test_calibration_longer_than_sliding_window(tmp_path: Path) -> None:
             intermediate_size=64,
             num_hidden_layers=1,
             num_attention_heads=2,
+            num_key_value_heads=2,  # MistralConfig's default (8) exceeds the 2 heads: refused as invalid_model
             sliding_window=16,
         )
     ).save_pretrained(model)

@@ -184,7 +184,12 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
     out_dir = job_dir / "out"
     tracker.check_cancel()
     result = compress(
-        request, out_dir, progress=tracker.engine_progress, should_cancel=claim_cancel(tracker), show_progress=False
+        request,
+        out_dir,
+        progress=tracker.engine_progress,
+        should_cancel=claim_cancel(tracker),
+        token=settings.hub_write_token(),  # a private or gated hf://datasets/... calibration file
+        show_progress=False,
     )
     for stage, seconds in result.record.get("timings_s", {}).items():
         tracker.add_time(stage, seconds)
@@ -259,14 +264,17 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def classify(err: BaseException) -> Outcome:
-    """The job outcome an exception stands for."""
+    """The job outcome an exception stands for; its message never carries a server path (worker.scrub)."""
+    from worker.scrub import scrub_paths
+
     if isinstance(err, Cancelled):
-        return Outcome(JobStatus.cancelled, None, str(err))
+        return Outcome(JobStatus.cancelled, None, scrub_paths(str(err)))
     if is_out_of_memory(err):
-        return Outcome(JobStatus.failed, "out_of_memory", f"{OOM_LEVERS} ({type(err).__name__}: {err})"[:2000])
+        message = f"{OOM_LEVERS} ({type(err).__name__}: {err})"
+        return Outcome(JobStatus.failed, "out_of_memory", scrub_paths(message)[:2000])
     if isinstance(err, SlimError):
-        return Outcome(JobStatus.failed, err.code, err.message)
-    return Outcome(JobStatus.failed, "internal_error", f"{type(err).__name__}: {err}"[:2000])
+        return Outcome(JobStatus.failed, err.code, scrub_paths(err.message)[:2000])
+    return Outcome(JobStatus.failed, "internal_error", scrub_paths(f"{type(err).__name__}: {err}")[:2000])
 
 
 def execute(job_id: str, worker: str) -> Outcome | None:
