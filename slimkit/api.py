@@ -6,6 +6,11 @@
 Stages: validate → load (safetensors only) → calibrate → evaluate dense → compress layer by layer →
 evaluate compressed → save → reload from disk and compare logits. Everything the result reports is
 also written to `compression.json` next to the weights.
+
+The output folder is checked before any work (`slimkit.outdir`: never the current directory or the source,
+never a non-empty folder unless it is an earlier output and `overwrite` is set). Saving, the speed-up
+measurement, the reload check and `compression.json` all happen in a hidden sibling, which is renamed into
+place only once all of them passed: a failure or a Ctrl-C leaves nothing at `out_dir`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from slimkit import __version__
@@ -31,13 +35,16 @@ from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument, ReloadMismatch
 from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
-from slimkit.export import load_compressed, save_compressed
+from slimkit.export import load_compressed, write_compressed
+from slimkit.latency.noise import TimingPolicy
 from slimkit.latency.workload import Workload
 from slimkit.layerwise import LayerTarget, compress_model
 from slimkit.loading import load_source
 from slimkit.methods import is_depth_method, method_for
+from slimkit.outdir import check_out_dir, publish, staging
 from slimkit.planning import choose_targets, measure_achieved, prepare_speed
 from slimkit.shapes import get_shapes, kv_cache_bytes_per_token, param_counts
+from slimkit.tokenizer_files import load_tokenizer
 
 MAX_RATIO = 0.9
 MAX_SPEEDUP = 20.0
@@ -58,6 +65,7 @@ class CompressionRequest:
     cap: float = 0.8  # per-layer ratio cap of the estimator and of speed-up allocations
     frac: int | None = None  # importance blocks per head (global estimators; None: one per head-width step)
     latency_cache: str | None = None  # folder of cached latency profiles (default ~/.cache/slimkit/latency)
+    timing: TimingPolicy | None = None  # speed-up timing noise bound and repeats (default: TimingPolicy.from_env())
     revision: str | None = None
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     evaluation: EvalSpec | None = field(default_factory=EvalSpec)
@@ -154,10 +162,16 @@ def compress(
     should_cancel: Callable[[], bool] | None = None,
     token: str | None = None,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> CompressionResult:
-    """Run the whole pipeline; `progress(stage, done, total)` is called as stages and layers advance."""
+    """Run the whole pipeline; `progress(stage, done, total)` is called as stages and layers advance.
+
+    overwrite: replace an earlier slimkit output at `out_dir` (anything else there is refused, never deleted).
+    """
     with transformers_progress_bars(show_progress):
         request.validate()
+        local = Path(request.model).expanduser()
+        check_out_dir(out_dir, overwrite, protected=[local] if local.is_dir() else [])  # before hours of work
         device = resolve_device(request.device)
         notify = progress or (lambda stage, done, total: None)
         timings: dict[str, float] = {}
@@ -173,7 +187,8 @@ def compress(
         source = load_source(
             request.model, request.revision, getattr(torch, request.dtype) if request.dtype else None, token=token
         )
-        tokenizer = AutoTokenizer.from_pretrained(source.path)
+        check_out_dir(out_dir, overwrite, protected=[source.path])
+        tokenizer = load_tokenizer(source.path, source.config)  # stock classes only, never the source's code
         model = source.model
         window = model.config.sliding_window
         if window is not None and request.calibration.seq_len > window:
@@ -270,19 +285,21 @@ def compress(
         notify("save", 0, 1)
         record["timings_s"] = timings
         sources = [group[0] for group in depth["groups"]] if depth else None
-        fmt = save_compressed(model, source, Path(out_dir), record, layer_sources=sources)
-        lap("save")
-        if speedup is not None:
-            notify("measure_speed", 0, 1)
-            store_dtype = model.model.embed_tokens.weight.dtype
-            speedup |= measure_achieved(request, source.path, Path(out_dir), store_dtype, device)
-            lap("measure_speed")
-        if request.verify:
-            notify("verify", 0, 1)
-            record["reload_max_abs_diff"] = verify_reload(model, Path(out_dir), calib.input_ids[:2, :64])
-            lap("verify")
-        record["timings_s"] = timings
-        (Path(out_dir) / "compression.json").write_text(json.dumps({**record, "format": fmt}, indent=2) + "\n")
+        with staging(out_dir) as folder:  # removed on any failure or Ctrl-C; renamed to out_dir once all passed
+            fmt = write_compressed(model, source, folder, record, layer_sources=sources)
+            lap("save")
+            if speedup is not None:
+                notify("measure_speed", 0, 1)
+                store_dtype = model.model.embed_tokens.weight.dtype
+                speedup |= measure_achieved(request, source.path, folder, store_dtype, device, planned=speedup)
+                lap("measure_speed")
+            if request.verify:
+                notify("verify", 0, 1)
+                record["reload_max_abs_diff"] = verify_reload(model, folder, calib.input_ids[:2, :64])
+                lap("verify")
+            record["timings_s"] = timings
+            (folder / "compression.json").write_text(json.dumps({**record, "format": fmt}, indent=2) + "\n")
+            publish(folder, out_dir, overwrite)
         return CompressionResult(Path(out_dir), fmt, {**record, "format": fmt}, model)
 
 

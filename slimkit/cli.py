@@ -1,7 +1,10 @@
 """Command line: `slimkit compress MODEL --ratio 0.3 --out DIR` and `slimkit eval DIR`.
 
 Exit codes: 0 success, 2 bad input or unsupported model (the message says which lever to pull),
-1 anything else.
+130 interrupted (Ctrl-C: one line, no traceback, nothing left at --out), 1 anything else.
+
+`--out` is never a folder with someone else's files in it: it must be new or empty, or an earlier slimkit
+output that `--overwrite` replaces (see `slimkit.outdir`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="compress a model (local folder or Hub id) into DIR")
     c.add_argument("model")
-    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--out", required=True, type=Path, help="new or empty folder for the output")
+    c.add_argument("--overwrite", action="store_true", help="replace an earlier slimkit output in --out")
     c.add_argument("--method", default="intraslice", choices=sorted(METHODS))
     target = c.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, help="fraction of decoder attention+MLP params to remove (0.3)")
@@ -113,6 +117,7 @@ def _summary(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    finished = False  # set once the output is in place: a later Ctrl-C must not claim nothing was written
     try:
         if args.command == "compress":
             request = CompressionRequest(
@@ -134,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 verify=not args.no_verify,
             )
-            result = compress(request, args.out)
+            result = compress(request, args.out, overwrite=args.overwrite)
+            finished = True
             print(_summary(result.record))
             print(f"saved to {result.out_dir}")
         else:
@@ -143,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             from slimkit.export import load_compressed
 
             model = load_compressed(args.model)
-            windows = eval_windows(AutoTokenizer.from_pretrained(args.model), _eval_spec(args))
+            # trust_remote_code=False: a slim output's config points to our modeling code, which would otherwise
+            # stop AutoTokenizer at a [y/N] prompt; the tokenizer itself never needs code
+            tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+            windows = eval_windows(tokenizer, _eval_spec(args))
             ppl = perplexity(model, windows, resolve_device(args.device), show_progress=True)
             print(
                 json.dumps(
@@ -159,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     except SlimError as err:
         print(f"error [{err.code}]: {err.message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command != "compress":
+            print("interrupted", file=sys.stderr)
+        elif finished:
+            print(f"interrupted; the output in {args.out} is complete", file=sys.stderr)
+        else:
+            print(f"interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -5,15 +5,16 @@
   the family's own tensor names (Phi-3 weights re-fused). Loads with plain `from_pretrained`.
 - Otherwise the slim format: `SlimConfig` (with `per_layer_config`) + `modeling_slim.py` via `auto_map`,
   loaded with `trust_remote_code=True`.
-Both are safetensors. The folder is written to a temporary sibling and renamed at the end, so a failure
-never leaves a partial output behind.
+Both are safetensors. The tokenizer is the source's, sanitised (`slimkit.tokenizer_files`: stock files only, no
+`auto_map`, no custom class names), so the only remote code an output ever points to is our `modeling_slim.py`.
+
+`write_compressed` fills a folder the caller staged; `save_compressed` stages, writes and publishes in one go
+(`slimkit.outdir`: never into a foreign non-empty folder, nothing left behind on failure).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,14 @@ from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
+from slimkit import __version__
 from slimkit.loading import SourceModel
 from slimkit.modeling.modeling_slim import SlimConfig, SlimForCausalLM
+from slimkit.outdir import RECIPE_FILE, check_out_dir, publish, staging
 from slimkit.shapes import Shape, get_shapes
+from slimkit.tokenizer_files import copy_tokenizer, has_tokenizer, strip_auto_map
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "generation_config.json",
-)
-RECIPE_FILE = "compression.json"
+__all__ = ["RECIPE_FILE", "load_compressed", "save_compressed", "write_compressed"]
 
 
 def uniform_stock_shape(config: SlimConfig) -> Shape | None:
@@ -103,41 +96,52 @@ def save_compressed(
     recipe: dict[str, Any],
     fmt: str = "auto",
     layer_sources: list[int] | None = None,
+    overwrite: bool = False,
 ) -> str:
-    """Save weights, config, tokenizer and `compression.json`; returns the format written.
+    """Write the output into a staged sibling and rename it to `out_dir`; returns the format written.
+
+    `out_dir` must be new, empty, or (with `overwrite`) an earlier slimkit output (`slimkit.outdir`).
+    """
+    check_out_dir(out_dir, overwrite, protected=[source.path])
+    with staging(out_dir) as folder:
+        written = write_compressed(model, source, folder, recipe, fmt, layer_sources)
+        publish(folder, out_dir, overwrite)
+    return written
+
+
+def write_compressed(
+    model: SlimForCausalLM,
+    source: SourceModel,
+    folder: Path,
+    recipe: dict[str, Any],
+    fmt: str = "auto",
+    layer_sources: list[int] | None = None,
+) -> str:
+    """Save weights, config, tokenizer and `compression.json` into the empty `folder`; returns the format written.
 
     fmt: "auto" (stock when the shapes allow it, else slim) or "slim" (always ship the modeling file).
     layer_sources: after depth compression, the source layer each new layer inherits its per-layer
     settings from (see `ArchAdapter.stock_config`).
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        stock = _stock_model(model, source, layer_sources) if fmt == "auto" else None
-        if stock is not None:
-            stock.save_pretrained(tmp)
-            fmt = "stock"
-        else:
-            type(model.config).register_for_auto_class()
-            type(model).register_for_auto_class("AutoModelForCausalLM")
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # serialising reads the global (dense) values on purpose
-            try:
-                model.save_pretrained(tmp)
-            finally:
-                hf_logging.set_verbosity(verbosity)
-            fmt = "slim"
-        for name in TOKENIZER_FILES:
-            if (source.path / name).is_file():
-                shutil.copy2(source.path / name, tmp / name)
-        (tmp / RECIPE_FILE).write_text(json.dumps({**recipe, "format": fmt}, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    stock = _stock_model(model, source, layer_sources) if fmt == "auto" else None
+    if stock is not None:
+        stock.save_pretrained(folder)
+        fmt = "stock"
+    else:
+        type(model.config).register_for_auto_class()
+        type(model).register_for_auto_class("AutoModelForCausalLM")
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # serialising reads the global (dense) values on purpose
+        try:
+            model.save_pretrained(folder)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        fmt = "slim"
+    if has_tokenizer(source.path):
+        copy_tokenizer(source.path, folder, source.config)
+    strip_auto_map(source.path, folder, "generation_config.json")  # the source's sampling defaults and stop ids
+    record = {"slimkit_version": __version__, **recipe, "format": fmt}
+    (folder / RECIPE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return fmt
 
 
