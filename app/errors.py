@@ -14,10 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import get_settings
@@ -110,8 +113,22 @@ async def database_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
+    """405 with an `Allow` header listing every method of the path (Starlette lists only one route's)."""
+    if exc.status_code != 405:
+        return await http_exception_handler(request, exc)
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.path_regex.match(request.url.path):
+            allowed |= route.methods or set()
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(sorted(allowed))}
+    )
+
+
 def install(app: FastAPI) -> None:
     app.add_middleware(BodySizeLimit)
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, method_not_allowed)  # type: ignore[arg-type]
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(PoolTimeout, database_error)

@@ -347,9 +347,10 @@ def test_push_retries_5xx_then_gives_up(local_hub: LocalHub, hub_settings, hub_f
 # --- naming and error classification ------------------------------------------------------------------------
 
 
-def test_default_repo_id() -> None:
-    from app.schemas import REPO_ID
-    from worker.pipeline import default_repo_id, target_label
+def test_default_repo_id(monkeypatch) -> None:
+    from app.outputs import default_repo_id, target_label
+    from app.schemas import repo_id_problem
+    from app.settings import get_settings
 
     assert default_repo_id("HuggingFaceTB/SmolLM2-135M", "intraslice", target_label({"ratio": 0.3}), "alice") == (
         "alice/SmolLM2-135M-intraslice-30"
@@ -357,7 +358,15 @@ def test_default_repo_id() -> None:
     assert default_repo_id("t/m", "wanda-sp", target_label({"ratio": 0.255}), "bob@").endswith("/m-wanda-sp-25.5")
     assert default_repo_id("t/m", "intraslice", target_label({"speedup": 1.5}), "bob").endswith("/m-intraslice-x1.5")
     long = default_repo_id("t/" + "x" * 96, "intraslice-nocomp", "50", "a" * 150)
-    assert REPO_ID.match(long), long
+    assert repo_id_problem(long) is None, long
+    monkeypatch.setenv("SLIMKIT_HUB_NAMESPACE", "acme")  # a deployment namespace: the owner becomes a prefix
+    get_settings.cache_clear()
+    try:
+        named = default_repo_id("t/m", "intraslice", "30", "alice")
+        assert named == "acme/alice-m-intraslice-30" and repo_id_problem(named) is None
+        assert repo_id_problem(default_repo_id("t/" + "y" * 96, "shortgpt", "x1.5", "b" * 150)) is None
+    finally:
+        get_settings.cache_clear()
 
 
 def test_errors_become_job_codes() -> None:

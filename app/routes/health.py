@@ -16,7 +16,10 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "the database or the broker is unreachable (each check says which)"}},
+)
 def readyz(session: SessionDep, response: Response) -> dict[str, str]:
     checks = {}
     try:
@@ -38,8 +41,7 @@ def ping_broker() -> None:
     """Raise unless the broker answers within `broker_timeout_s` (a hung Redis must not hang the probe)."""
     settings = get_settings()
     if settings.broker_url.startswith("filesystem://"):
-        if not settings.broker_data_dir.is_dir():
-            raise FileNotFoundError("broker folder missing")
+        settings.broker_data_dir.mkdir(parents=True, exist_ok=True)  # what the folder transport does itself
         return
     import redis
 

@@ -17,7 +17,15 @@ from app.schemas import FieldErrors, JobCreate, JobOut, JobPage, Message
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    responses={
+        401: {"model": Message, "description": "missing, invalid or revoked API token"},
+        503: {"model": Message, "description": "the database is unavailable; retry after `Retry-After`"},
+    },
+)
+NOT_FOUND = {404: {"model": Message, "description": "no such job (or it belongs to another owner)"}}
 
 
 def field_error(status_code: int, loc: list[str], msg: str, kind: str) -> HTTPException:
@@ -31,8 +39,8 @@ def field_error(status_code: int, loc: list[str], msg: str, kind: str) -> HTTPEx
     response_model=JobOut,
     responses={
         403: {"model": FieldErrors, "description": "the token may not push to `output.repo_id`"},
+        400: {"model": Message, "description": "the body could not be read as JSON"},
         413: {"model": Message, "description": "request body too large"},
-        503: {"model": Message, "description": "the database is unavailable; retry after `Retry-After`"},
     },
 )
 def submit_job(
@@ -78,7 +86,7 @@ def publish_now(job_id: uuid.UUID) -> None:
         log.warning("job %s not published now (%s); the dispatcher will", job_id, type(err).__name__)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def read_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep, response: Response) -> JobOut:
     """Status, stage, progress, error and result of one job."""
     job = jobs.get_job(session, caller.owner, job_id)
@@ -112,7 +120,8 @@ def list_jobs(
 @router.post(
     "/{job_id}/cancel",
     response_model=JobOut,
-    responses={409: {"model": Message, "description": "the job is pushing its result and can no longer be cancelled"}},
+    responses={409: {"model": Message, "description": "the job is pushing its result; it can no longer be cancelled"}}
+    | NOT_FOUND,
 )
 def cancel_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobOut:
     """Cancel: a queued job never starts; a running one stops at the next layer or stage. Idempotent.
