@@ -63,6 +63,20 @@ class SpeedupUnreachable(SlimError):
         self.best = best
 
 
+class TimingUnstable(SlimError):
+    """Timings too noisy to trust, or a measurement contradicting the plan by more than the noise.
+
+    `noise` is the relative uncertainty seen (0.23 for ±23 %), `bound` what was allowed, `repeats` how many
+    interleaved rounds were timed before giving up.
+    """
+
+    code = "timing_unstable"
+
+    def __init__(self, message: str, noise: float, bound: float, repeats: int) -> None:
+        super().__init__(message)
+        self.noise, self.bound, self.repeats = noise, bound, repeats
+
+
 class ReloadMismatch(SlimError):
     code = "reload_mismatch"
 

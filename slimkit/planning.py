@@ -27,9 +27,10 @@ from slimkit.calibration import CalibrationBatch
 from slimkit.estimator import estimate_layer_targets, measure_importances
 from slimkit.estimator.placement import compute_dtype, frozen_on
 from slimkit.export import load_compressed
-from slimkit.latency.profile import measure_profile
-from slimkit.latency.target import SpeedModel, check_reachable, plan_speedup
-from slimkit.latency.workload import side_by_side
+from slimkit.latency.noise import TimingPolicy
+from slimkit.latency.profile import device_name, measure_profile
+from slimkit.latency.target import SpeedModel, SpeedupPlan, check_reachable, judge_measurement, plan_speedup
+from slimkit.latency.workload import WorkloadTimer, side_by_side, workload_seconds
 from slimkit.layerwise import LayerTarget
 from slimkit.modeling.modeling_slim import SlimForCausalLM
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from slimkit.api import CompressionRequest
 
 Notify = Callable[[str, int, int], None]
-DENSE_REPEATS = 5
 
 
 def load_reference(source_path: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
@@ -45,27 +45,57 @@ def load_reference(source_path: Path, dtype: torch.dtype, device: torch.device) 
     return AutoModelForCausalLM.from_pretrained(source_path, dtype=dtype, use_safetensors=True).eval().to(device)
 
 
+def timing_policy(request: CompressionRequest) -> TimingPolicy:
+    """The request's timing policy, or the defaults (overridable by SLIMKIT_TIMING_* on a worker)."""
+    return request.timing if request.timing is not None else TimingPolicy.from_env()
+
+
 def prepare_speed(
-    request: CompressionRequest, model: SlimForCausalLM, source_path: Path, device: torch.device, notify: Notify
+    request: CompressionRequest,
+    model: SlimForCausalLM,
+    source_path: Path,
+    device: torch.device,
+    notify: Notify,
+    timer: WorkloadTimer = workload_seconds,
 ) -> SpeedModel | None:
-    """For a speed-up target: profile the layer (or read the cache), time the dense model, check reach."""
+    """For a speed-up target: time the dense model, profile the layer (or read the cache), check reach.
+
+    The dense timing comes first: on a machine too busy to time it, `TimingUnstable` says so before the
+    profile spends its minutes. `timer` times one workload run (the real clock unless a test injects one).
+    """
     if request.speedup is None:
         return None
+    policy = timing_policy(request)
     dtype = compute_dtype(model, device)
     cache = Path(request.latency_cache) if request.latency_cache else None
     notify("profile", 0, 1)
-    profile = measure_profile(
-        model.config, request.workload, device, dtype, cache, progress=lambda i, n: notify("profile", i, n)
-    )
     reference = load_reference(source_path, dtype, device)
     try:
         with frozen_on(model, device, dtype):
-            timing = side_by_side({"stock": reference, "slim": model}, request.workload, device, repeats=DENSE_REPEATS)
+            timing = side_by_side(
+                {"stock": reference, "slim": model},
+                request.workload,
+                device,
+                policy,
+                timer=timer,
+                where=device_name(device),
+            )
     finally:
         del reference
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    speed = SpeedModel(profile, model.config, timing["slim"]["median_s"], timing["stock"]["median_s"])
+    profile = measure_profile(
+        model.config, request.workload, device, dtype, cache, policy, progress=lambda i, n: notify("profile", i, n)
+    )
+    speed = SpeedModel(
+        profile,
+        model.config,
+        timing["slim"]["median_s"],
+        timing["stock"]["median_s"],
+        dense_noise=timing["slim"]["noise"],
+        reference_noise=timing["stock"]["noise"],
+        timing=timing,
+    )
     where = f"{request.source_name or request.model} on {profile.device} ({request.workload.describe()})"
     check_reachable(speed, request.speedup, request.cap, where)
     return speed
@@ -97,7 +127,7 @@ def choose_targets(
         record = {"variant": allocation, "layers": _layers(plan.targets)}
         if importances is not None:
             record["blocks_per_head"] = importances.frac
-        return plan.targets, record, _speed_record(speed, plan)
+        return plan.targets, record, _speed_record(speed, plan, timing_policy(request))
     ratio = request.target_ratio()
     if allocation == "uniform":
         return [LayerTarget(ratio, ratio)] * n_layers, None, None
@@ -128,8 +158,9 @@ def _layers(targets: list[LayerTarget]) -> list[dict[str, Any]]:
     return [{"layer": i, "attention": t.attention, "mlp": t.mlp} for i, t in enumerate(targets)]
 
 
-def _speed_record(speed: SpeedModel, plan: Any) -> dict[str, Any]:
+def _speed_record(speed: SpeedModel, plan: SpeedupPlan, policy: TimingPolicy) -> dict[str, Any]:
     profile = speed.profile
+    timing = speed.timing
     return {
         **plan.record(),
         "device": profile.device,
@@ -137,10 +168,21 @@ def _speed_record(speed: SpeedModel, plan: Any) -> dict[str, Any]:
         "workload": profile.workload,
         "dense_s_at_planning": speed.dense_s,
         "stock_dense_s_at_planning": speed.base_s,
+        "repeats_at_planning": timing.get("repeats"),
+        "timing": policy.to_dict(),
+        "noise": {
+            "stock_dense": speed.reference_noise,
+            "slim_dense": speed.dense_noise,
+            "stock_over_slim": timing.get("speedup_noise"),
+            "profile": profile.noise,
+            "predicted": plan.predicted_noise,
+        },
         "profile": {
             "key": profile.key,
             "cached": profile.measure_s == 0.0,
             "measure_s": profile.measure_s,
+            "noise": profile.noise,
+            "repeats": profile.repeats,
             "scale": speed.scale,
             "attention_s": profile.attention,
             "attention_shapes": profile.attention_shapes,
@@ -150,24 +192,50 @@ def _speed_record(speed: SpeedModel, plan: Any) -> dict[str, Any]:
 
 
 def measure_achieved(
-    request: CompressionRequest, source_path: Path, out_dir: Path, store_dtype: torch.dtype, device: torch.device
+    request: CompressionRequest,
+    source_path: Path,
+    out_dir: Path,
+    store_dtype: torch.dtype,
+    device: torch.device,
+    planned: dict[str, Any] | None = None,
+    timer: WorkloadTimer = workload_seconds,
 ) -> dict[str, Any]:
-    """Dense source and saved output loaded as a user would, timed alternately on the workload."""
+    """Dense source and saved output loaded as a user would, timed alternately on the workload.
+
+    `met` is the measured speed-up against the target, nothing else. With the plan's record (`planned`), a
+    measurement that contradicts the prediction by more than the noise is refused (`TimingUnstable`).
+    """
+    policy = timing_policy(request)
+    where = device_name(device)
     dtype = torch.float32 if device.type == "cpu" else store_dtype
     dense = load_reference(source_path, dtype, device)
     compressed = load_compressed(out_dir, dtype=dtype).to(device)
     try:
-        timing = side_by_side({"dense": dense, "compressed": compressed}, request.workload, device)
+        timing = side_by_side(
+            {"dense": dense, "compressed": compressed}, request.workload, device, policy, timer=timer, where=where
+        )
     finally:
         del dense, compressed
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    measured, noise = timing["speedup"], timing["speedup_noise"]
+    target = request.speedup
+    verdict: dict[str, Any] = {"met": measured >= target if target is not None else None}
+    if planned is not None and target is not None:
+        verdict = judge_measurement(
+            target, planned["predicted_speedup"], planned.get("predicted_noise", 0.0), measured, noise, policy, where
+        )
     return {
-        "target": request.speedup,
-        "measured": timing["speedup"],
-        "met": timing["speedup"] >= request.speedup if request.speedup is not None else None,
+        "target": target,
+        "measured": measured,
+        "measured_low": timing["speedup_low"],
+        "measured_high": timing["speedup_high"],
+        "measured_noise": noise,
+        **verdict,
         "dense_s": timing["dense"]["median_s"],
         "compressed_s": timing["compressed"]["median_s"],
+        "dense_noise": timing["dense"]["noise"],
+        "compressed_noise": timing["compressed"]["noise"],
         "repeats": timing["repeats"],
         "times_s": {"dense": timing["dense"]["times_s"], "compressed": timing["compressed"]["times_s"]},
     }

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,12 +39,13 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from slimkit.errors import InvalidArgument
+from slimkit.latency.noise import Rounds, TimingPolicy, measure_rounds
 from slimkit.latency.workload import Workload, sync
 from slimkit.methods.head_plan import MIN_WIDTH_FRAC, width_step
 from slimkit.modeling.modeling_slim import SlimAttention, SlimConfig, SlimMLP, SlimRotaryEmbedding, attention_mask_for
 from slimkit.shapes import MLP_ROUND, Shape, attention_params, get_shapes, set_shapes
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: profiles record their noise
 GRID = tuple(round(0.1 * i, 1) for i in range(10))  # pruned fraction of a module: 0, 0.1, ..., 0.9
 MIN_SAMPLE_S = 0.005  # one timing sample repeats a call until it lasts at least this long
 MAX_INNER = 64
@@ -112,6 +112,8 @@ class LatencyProfile:
     attention_shapes: list[dict[str, int]]  # heads, KV heads, width behind each attention point
     mlp: list[tuple[int, float]]  # (width, seconds), width ascending
     measure_s: float  # how long measuring took (0 when read from the cache)
+    noise: float = 0.0  # the worst relative half-width of a point's 95 % interval (0.05: ±5 %)
+    repeats: int = 0  # interleaved rounds timed
 
     def attention_seconds(self, ratio: float) -> float:
         return _interpolate([r for r, _ in self.attention], [t for _, t in self.attention], ratio)
@@ -142,10 +144,27 @@ class Probe:
     inner: int = 1  # calls per sample, so that a sample lasts at least MIN_SAMPLE_S
 
 
+def _sampler(probe: Probe, device: torch.device) -> Callable[[], float]:
+    def sample() -> float:
+        state = probe.setup()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(probe.inner):
+            probe.call(state)
+        sync(device)
+        return (time.perf_counter() - start) / probe.inner
+
+    return sample
+
+
 def interleaved_medians(
-    probes: list[Probe], device: torch.device, repeats: int, progress: Callable[[int, int], None] | None = None
-) -> list[float]:
-    """Median seconds per call of each probe, sampled round-robin (all probes, then all again, …).
+    probes: list[Probe],
+    device: torch.device,
+    policy: TimingPolicy,
+    progress: Callable[[int, int], None] | None = None,
+) -> Rounds:
+    """Seconds per call of each probe, sampled round-robin (all probes, then all again, …) until every
+    median is known to the policy's tolerance (`TimingUnstable` otherwise).
 
     Interleaving matters: timed one after the other, the first candidates run on a colder machine (caches,
     allocator, thread pool, clocks) and look slower than they are, which inflates what pruning saves.
@@ -159,19 +178,8 @@ def interleaved_medians(
         sync(device)
         once = max(time.perf_counter() - start, 1e-7)
         probe.inner = max(1, min(MAX_INNER, int(MIN_SAMPLE_S / once)))
-    samples: list[list[float]] = [[] for _ in probes]
-    for round_ in range(repeats):
-        for probe, out in zip(probes, samples, strict=True):
-            state = probe.setup()
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(probe.inner):
-                probe.call(state)
-            sync(device)
-            out.append((time.perf_counter() - start) / probe.inner)
-        if progress is not None:
-            progress(round_ + 1, repeats)
-    return [statistics.median(out) for out in samples]
+    samplers = [_sampler(probe, device) for probe in probes]
+    return measure_rounds(samplers, policy, "one layer's attention and MLP widths", device_name(device), progress)
 
 
 class _Bench:
@@ -281,10 +289,15 @@ def measure_profile(
     device: torch.device,
     dtype: torch.dtype,
     cache_dir: Path | None = None,
-    repeats: int = 7,
+    policy: TimingPolicy | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LatencyProfile:
-    """The layer latency profile for this model shape, workload and device (from the cache when there)."""
+    """The layer latency profile for this model shape, workload and device (from the cache when there).
+
+    A cached profile is reused only if it was measured to the policy's tolerance; otherwise it is measured
+    again (and replaced).
+    """
+    policy = policy or TimingPolicy()
     workload.validate()
     shape = dense_layer_shape(config)
     key = profile_key(config, shape, workload, device, dtype)
@@ -295,7 +308,9 @@ def measure_profile(
             data.update(
                 attention=[tuple(p) for p in data["attention"]], mlp=[tuple(p) for p in data["mlp"]], measure_s=0.0
             )
-            return LatencyProfile(**data)
+            cached = LatencyProfile(**data)
+            if cached.noise <= policy.tolerance:
+                return cached
         except (ValueError, TypeError, KeyError):
             pass  # unreadable or from an older layout: measure again
     start = time.perf_counter()
@@ -307,7 +322,8 @@ def measure_profile(
     candidates += [bench.mlp(dict(shape, intermediate_size=w)) for w in mlp_widths]
     probes = [probe for weighted in candidates for probe, _ in weighted]
     with torch.inference_mode():
-        medians = iter(interleaved_medians(probes, device, repeats, progress))
+        rounds = interleaved_medians(probes, device, policy, progress)
+    medians = iter(e.median for e in rounds.estimates)
     seconds = [sum(weight * next(medians) for _, weight in weighted) for weighted in candidates]
     attention = list(zip(GRID, seconds[: len(GRID)], strict=True))
     mlp = list(zip(mlp_widths, seconds[len(GRID) :], strict=True))
@@ -324,6 +340,8 @@ def measure_profile(
         ],
         mlp=_non_increasing(mlp, pruned_first=True),
         measure_s=round(time.perf_counter() - start, 3),
+        noise=rounds.noise,
+        repeats=rounds.repeats,
     )
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")

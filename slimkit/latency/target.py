@@ -24,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slimkit.errors import InvalidArgument, SpeedupUnreachable
+from slimkit.errors import InvalidArgument, SpeedupUnreachable, TimingUnstable
 from slimkit.estimator import Importances, targets_from_importances
 from slimkit.estimator.allocate import uniform_targets
 from slimkit.estimator.snap import predicted_ratio
+from slimkit.latency.noise import TimingPolicy, describe_noise
 from slimkit.latency.profile import LatencyProfile, dense_layer_shape
 from slimkit.layerwise import LayerTarget
 from slimkit.methods.mlp_prune import dropped_channels
@@ -45,25 +46,57 @@ class SpeedModel:
     config: SlimConfig
     dense_s: float  # the whole dense model on the workload (median), on slimkit's modeling code
     reference_s: float | None = None  # the same model loaded by stock transformers: the speed-up's base
+    dense_noise: float = 0.0  # relative half-width of the 95 % interval of dense_s
+    reference_noise: float = 0.0  # the same for reference_s
+    timing: dict[str, Any] = field(default_factory=dict)  # the side-by-side record behind the two times
 
     def __post_init__(self) -> None:
         self.base_s = self.dense_s if self.reference_s is None else self.reference_s
+        base_noise = self.dense_noise if self.reference_s is None else self.reference_noise
+        self.base_noise = base_noise
+        # The output runs on slimkit's modeling code, or on stock transformers when its shapes fit the
+        # family's stock config (an allocation that removes nothing *is* the source model). Priced on the
+        # slower of the two, an allocation removing nothing is never predicted faster than the reference.
+        slower_is_dense = self.dense_s >= self.base_s
+        self.out_s = self.dense_s if slower_is_dense else self.base_s
+        self.out_noise = self.dense_noise if slower_is_dense else base_noise
         shape = dense_layer_shape(self.config)
         self.width = shape["intermediate_size"]
-        self.layer_s = self.profile.attention_seconds(0.0) + self.profile.mlp_seconds(self.width)
+        self.attn_s = self.profile.attention_seconds(0.0)
+        self.mlp_s = self.profile.mlp_seconds(self.width)
+        self.layer_s = self.attn_s + self.mlp_s
         decoder = self.config.num_hidden_layers * self.layer_s
         self.scale = min(1.0, self.dense_s / decoder) if decoder > 0 else 0.0
+
+    def _modules(self, t: LayerTarget) -> tuple[float, float]:
+        kept = self.width - dropped_channels(self.width, t.mlp)
+        return self.profile.attention_seconds(t.attention), self.profile.mlp_seconds(kept)
 
     def seconds(self, targets: list[LayerTarget]) -> float:
         saved = 0.0
         for t in targets:
-            kept = self.width - dropped_channels(self.width, t.mlp)
-            layer = self.profile.attention_seconds(t.attention) + self.profile.mlp_seconds(kept)
-            saved += self.layer_s - layer
-        return self.dense_s - self.scale * saved
+            attn, mlp = self._modules(t)
+            saved += self.layer_s - attn - mlp
+        return self.out_s - self.scale * saved
 
     def speedup(self, targets: list[LayerTarget]) -> float:
         return self.base_s / max(self.seconds(targets), 1e-12)
+
+    def uncertainty(self, targets: list[LayerTarget]) -> float:
+        """Relative uncertainty of `speedup(targets)` from the measured noise of everything it uses.
+
+        The base time's noise, plus the predicted time's: the dense time's, and for every module that is
+        narrowed the noise of both profile points its saving is the difference of (each layer reads the
+        same points, so their errors add up rather than average out).
+        """
+        spread = 0.0  # profile seconds whose noise reaches the prediction
+        for t in targets:
+            attn, mlp = self._modules(t)
+            spread += (self.attn_s + attn if attn != self.attn_s else 0.0) + (
+                self.mlp_s + mlp if mlp != self.mlp_s else 0.0
+            )
+        time_error = self.out_s * self.out_noise + self.scale * self.profile.noise * spread
+        return self.base_noise + time_error / max(self.seconds(targets), 1e-12)
 
 
 def best_achievable(speed: SpeedModel, cap: float) -> float:
@@ -104,12 +137,14 @@ class SpeedupPlan:
     best_achievable: float
     estimated_loss: float | None
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    predicted_noise: float = 0.0  # relative uncertainty of predicted_speedup (SpeedModel.uncertainty)
 
     def record(self) -> dict[str, Any]:
         return {
             "ratio": self.ratio,
             "bias": self.bias,
             "predicted_speedup": self.predicted_speedup,
+            "predicted_noise": self.predicted_noise,
             "best_achievable": self.best_achievable,
             "estimated_loss": self.estimated_loss,
             "candidates": self.candidates,
@@ -171,6 +206,7 @@ def plan_speedup(
         s, targets = found
         loss = estimated_loss(importances, targets, config) if importances is not None else None
         plan = SpeedupPlan(targets, s, lam, speed.speedup(targets), best, loss)
+        plan.predicted_noise = speed.uncertainty(targets)
         candidates.append(
             {
                 "bias": lam,
@@ -190,3 +226,34 @@ def plan_speedup(
         )
     chosen.candidates = candidates
     return chosen
+
+
+def judge_measurement(
+    target: float,
+    predicted: float,
+    predicted_noise: float,
+    measured: float,
+    measured_noise: float,
+    policy: TimingPolicy,
+    where: str,
+) -> dict[str, Any]:
+    """`met` (the measured speed-up is at least the target, nothing else) and how measurement and plan agree.
+
+    The plan and the measurement are minutes apart; if they disagree by more than both uncertainties plus
+    the policy's margin (what the profile's representative head plans cannot know), one of them does not
+    describe this machine — a load that changed in between, typically — and neither number is reported:
+    `TimingUnstable`.
+    """
+    deviation = measured / predicted - 1
+    bound = predicted_noise + measured_noise + policy.margin
+    if abs(deviation) > bound:
+        raise TimingUnstable(
+            f"the measured speed-up {measured:.2f}x ({describe_noise(measured_noise)}) contradicts the "
+            f"planned {predicted:.2f}x ({describe_noise(predicted_noise)}, plus a {policy.margin:.0%} margin) "
+            f"on {where}: the machine's speed changed between planning and measuring, so neither can be "
+            "trusted; retry on an idle device",
+            noise=abs(deviation),
+            bound=bound,
+            repeats=0,
+        )
+    return {"met": measured >= target, "deviation": deviation, "agreement_bound": bound}

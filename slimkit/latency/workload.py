@@ -2,21 +2,23 @@
 
 A *workload* is what a user's request costs: `batch` sequences of `prompt_tokens`, prefilled in one
 forward (only the last position's logits, as `generate` does), then `generated_tokens` greedy decode steps
-with the KV cache. `generated_tokens=0` is a pure prefill. A speed-up is a ratio of median workload times
+with the KV cache. `generated_tokens=0` is a pure prefill. A speed-up is the median of per-round time ratios
 of two models timed *alternately* in one process (A B A B …), so that drift of a shared machine (other
-jobs, clocks, thermal state) hits both alike.
+jobs, clocks, thermal state) hits both alike; rounds continue until that median is known to a tolerance
+(`slimkit.latency.noise`).
 """
 
 from __future__ import annotations
 
-import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from slimkit.errors import InvalidArgument
+from slimkit.latency.noise import TimingPolicy, measure_rounds
 
 MAX_TOKENS = 1 << 17
 
@@ -71,7 +73,13 @@ def run_workload(model: torch.nn.Module, ids: torch.Tensor, generated_tokens: in
         past = out.past_key_values
 
 
+WorkloadTimer = Callable[[torch.nn.Module, torch.Tensor, int], float]
+"""Seconds of one run of the workload: (model, prompt ids, generated tokens) -> seconds. The seam where a
+deterministic timer (a cost model) replaces the clock in tests of what the planner does with timings."""
+
+
 def workload_seconds(model: torch.nn.Module, ids: torch.Tensor, generated_tokens: int) -> float:
+    """The real timer: wall time of one workload run, with the device synchronised around it."""
     sync(ids.device)
     start = time.perf_counter()
     run_workload(model, ids, generated_tokens)
@@ -83,28 +91,56 @@ def side_by_side(
     models: dict[str, torch.nn.Module],
     workload: Workload,
     device: torch.device,
-    repeats: int = 7,
+    policy: TimingPolicy | None = None,
     warmup: int = 1,
+    timer: WorkloadTimer = workload_seconds,
+    repeats: int | None = None,
+    where: str | None = None,
 ) -> dict[str, Any]:
-    """Median workload time of each model, timed alternately; `speedup` when there are exactly two.
+    """Median workload time of each model, timed alternately until known to the policy's tolerance.
 
-    The speed-up is median(first model) / median(second model): name the reference first.
+    With exactly two models, `speedup` is the median of the per-round ratios first / second (name the
+    reference first), with its 95 % interval: a ratio of neighbouring runs cancels drift that a ratio of
+    two medians would keep. `repeats` fixes the number of rounds instead (benchmarks; never refused).
+    Raises `TimingUnstable` when the rounds run out before the timings settle.
     """
+    if repeats is not None:
+        policy = TimingPolicy.fixed(repeats)
+    policy = policy or TimingPolicy()
     vocab = min(m.config.vocab_size for m in models.values())
     ids = prompt_ids(workload, vocab, device)
     for model in models.values():
         for _ in range(warmup):
-            workload_seconds(model, ids, workload.generated_tokens)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            times[name].append(workload_seconds(model, ids, workload.generated_tokens))
-    result: dict[str, Any] = {"workload": workload.to_dict(), "repeats": repeats, "warmup": warmup}
+            timer(model, ids, workload.generated_tokens)
+
+    def sampler(model: torch.nn.Module) -> Callable[[], float]:
+        return lambda: timer(model, ids, workload.generated_tokens)
+
+    rounds = measure_rounds(
+        [sampler(m) for m in models.values()],
+        policy,
+        what=" and ".join(models) + f" ({workload.describe()})",
+        where=where or str(device),
+    )
+    result: dict[str, Any] = {
+        "workload": workload.to_dict(),
+        "repeats": rounds.repeats,
+        "warmup": warmup,
+        "noise": rounds.noise,
+        "seconds": round(rounds.seconds, 3),
+    }
     tokens = workload.batch * (workload.prompt_tokens + workload.generated_tokens)
-    for name, values in times.items():
-        median = statistics.median(values)
-        result[name] = {"median_s": median, "tokens_per_s": tokens / median, "times_s": [round(t, 6) for t in values]}
-    if len(models) == 2:
-        first, second = models
-        result["speedup"] = result[first]["median_s"] / result[second]["median_s"]
+    for name, values, est in zip(models, rounds.samples, rounds.estimates, strict=True):
+        result[name] = {
+            "median_s": est.median,
+            "low_s": est.low,
+            "high_s": est.high,
+            "noise": est.noise,
+            "tokens_per_s": tokens / est.median,
+            "times_s": [round(t, 6) for t in values],
+        }
+    if rounds.ratio is not None:
+        result["speedup"] = rounds.ratio.median
+        result["speedup_low"], result["speedup_high"] = rounds.ratio.low, rounds.ratio.high
+        result["speedup_noise"] = rounds.ratio.noise
     return result
