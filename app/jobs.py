@@ -86,16 +86,30 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
                 return existing, False
             superseded = existing
     output = body.output
-    repo_id = None
-    if output.push:
-        repo_id = output.repo_id or outputs.default_repo_id(
-            body.model, body.method, outputs.target_label(body.target.model_dump()), caller.owner
-        )
-        outputs.check_allowed(repo_id, caller.owner, caller.output_patterns, body.model)
+    explicit = output.repo_id
+    candidates: list[str] = []
+    taken: set[str] = set()
+    if output.push and explicit:
+        outputs.check_allowed(explicit, caller.owner, caller.output_patterns, body.model)
+    elif output.push:  # the default name, or its next free version (a new recipe never needs `overwrite`)
+        label = outputs.target_label(body.target.model_dump())
+        candidates = [
+            outputs.default_repo_id(body.model, body.method, label, caller.owner, version)
+            for version in range(1, outputs.DEFAULT_VERSIONS + 1)
+        ]
+        outputs.check_allowed(candidates[0], caller.owner, caller.output_patterns, body.model)
+        taken = outputs.taken_for(session, candidates, caller.owner)
     session.commit()  # ends the read transaction: its connection goes back to the pool before the Hub calls
 
     sha, failure = resolve_revision(body.model, body.revision)
-    on_hub = outputs.repo_exists_on_hub(repo_id) if repo_id and failure is None else None
+    repo_id, on_hub = explicit, None
+    if output.push and failure is None:
+        if explicit:
+            on_hub = outputs.repo_exists_on_hub(explicit)
+        else:
+            repo_id, on_hub = outputs.first_free(candidates, taken)
+    elif output.push:
+        repo_id = explicit or candidates[0]
     request = body.model_dump(mode="json")
     text = request["calibration"].pop("text", None)
     if text is not None:

@@ -19,10 +19,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import OutputRepo, utcnow
+from app.models import Job, OutputRepo, utcnow
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OutputRefused(Exception):
-    """The output repo is not allowed for this caller: `status` 403 (not theirs) or 422 (not usable)."""
+    """The output repo is not allowed for this caller: 403 (not theirs), 409 (another of their jobs is writing
+    it) or 422 (not usable: the source, or a repo that exists and is not theirs to update)."""
 
     status: int
     message: str
@@ -47,12 +48,13 @@ def _clean(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", part).strip("-.")
 
 
-def default_repo_id(model: str, method: str, label: str, owner: str) -> str:
-    """`<owner>/<name>-<method>-<label>`, or `<hub_namespace>/<owner>-<name>-…` in a deployment namespace."""
+def default_repo_id(model: str, method: str, label: str, owner: str, version: int = 1) -> str:
+    """`<owner>/<name>-<method>-<label>`, or `<hub_namespace>/<owner>-<name>-…` in a deployment namespace;
+    `-v2`, `-v3`, … appended for later outputs of the same recipe name."""
     namespace = get_settings().hub_namespace
     prefix = "" if namespace is None else f"{_clean(owner) or 'user'}-"
     namespace = _clean(namespace or owner) or "slimkit"
-    suffix = f"-{method}-{label}"
+    suffix = f"-{method}-{label}" + (f"-v{version}" if version > 1 else "")
     name = (prefix + model.split("/")[-1])[: 96 - len(suffix)].strip("-.") + suffix
     return f"{namespace[:96]}/{name}"
 
@@ -97,11 +99,41 @@ def reserve(
         return
     if row.owner != owner:
         raise OutputRefused(403, f"this token may not push to {repo_id!r} (it belongs to another owner)")
+    if row.job_id != job_id and writing(session, row):
+        raise OutputRefused(409, f"another of your jobs ({row.job_id}) is still writing {repo_id}; pick another name")
     if row.pushed_at is not None and not overwrite:
         raise OutputRefused(
             422, f"{repo_id} already holds an earlier output of yours; set output.overwrite to update it"
         )
     row.job_id = job_id
+
+
+DEFAULT_VERSIONS = 20  # default names tried (…-30, …-30-v2, …) before asking for an explicit output.repo_id
+
+
+def taken_for(session: Session, candidates: list[str], owner: str) -> set[str]:
+    """The candidate names this owner may not take: reserved by another owner, or holding an output already."""
+    rows = session.scalars(select(OutputRepo).where(OutputRepo.repo_key.in_([c.lower() for c in candidates])))
+    return {r.repo_key for r in rows if r.owner != owner or r.pushed_at is not None or writing(session, r)}
+
+
+def writing(session: Session, row: OutputRepo) -> bool:
+    """Whether the job that reserved the repo last may still write it (queued or running)."""
+    if row.job_id is None:
+        return False
+    status = session.scalar(select(Job.status).where(Job.id == row.job_id))
+    return status is not None and not status.finished
+
+
+def first_free(candidates: list[str], taken: set[str]) -> tuple[str, bool | None]:
+    """The first default name that is neither taken here nor present on the Hub, with what the Hub said."""
+    for name in candidates:
+        if name.lower() in taken:
+            continue
+        on_hub = repo_exists_on_hub(name)
+        if not on_hub:
+            return name, on_hub
+    raise OutputRefused(422, f"{candidates[0]} and its next versions are all taken; give output.repo_id")
 
 
 def reservation(session: Session, repo_id: str) -> OutputRepo | None:

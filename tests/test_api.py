@@ -8,13 +8,22 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from tests.conftest import save_tiny
 from tests.service_fixtures import BROKER_URL
 
 BODY = {"model": "tester/tiny-llama", "method": "intraslice", "target": {"ratio": 0.3}}
 
 
+@pytest.fixture(scope="module")
+def hub_models(local_hub, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The models these tests submit exist on the local Hub, so submissions resolve (whatever ran before)."""
+    folder = save_tiny("llama_mha", tmp_path_factory.mktemp("api_model"))
+    for repo_id in ("tester/tiny-llama", "tester/m0", "tester/m1"):
+        local_hub.seed(repo_id, folder)
+
+
 @pytest.fixture
-def client(db) -> TestClient:
+def client(db, hub_models) -> TestClient:
     from app.main import create_app
 
     return TestClient(create_app())

@@ -60,7 +60,10 @@ def repo_error(response: httpx.Response) -> str:
 
 
 def test_outputs_only_where_the_owner_may_write(client: TestClient, make_token, seeded: LocalHub) -> None:
+    from sqlalchemy import update
+
     from app.db import session_factory
+    from app.models import Job, JobStatus
     from app.outputs import mark_pushed
 
     mallory = auth(make_token("mallory"))
@@ -77,16 +80,24 @@ def test_outputs_only_where_the_owner_may_write(client: TestClient, make_token, 
 
     first = client.post("/jobs", json=BODY, headers=mallory)
     assert first.status_code == 202, first.text
-    assert first.json()["request"]["output"]["repo_id"] == "mallory/src-intraslice-30"
-    with session_factory()() as session:  # the service created the repo and pushed the first output
-        mark_pushed(session, "mallory/src-intraslice-30", "mallory")
-    again = client.post("/jobs", json=BODY, headers=mallory)
-    assert again.status_code == 422 and "output.overwrite" in repo_error(again)
-    update = client.post("/jobs", json=BODY | {"output": {"overwrite": True}}, headers=mallory)
-    assert update.status_code == 202, update.text
+    name = "mallory/src-intraslice-30"
+    assert first.json()["request"]["output"]["repo_id"] == name
+    explicit = {"output": {"repo_id": name, "overwrite": True}}
+    busy = client.post("/jobs", json=BODY | explicit, headers=mallory)  # the first job may still write it
+    assert busy.status_code == 409 and "still writing" in repo_error(busy)
+    with session_factory()() as session:  # the first job created the repo, pushed, and finished
+        mark_pushed(session, name, "mallory")
+        session.execute(update(Job).where(Job.id == uuid.UUID(first.json()["id"])).values(status=JobStatus.succeeded))
+        session.commit()
+    again = client.post("/jobs", json=BODY, headers=mallory)  # the same recipe again: the next free name
+    assert again.status_code == 202 and again.json()["request"]["output"]["repo_id"] == name + "-v2"
+    no_update = client.post("/jobs", json=BODY | {"output": {"repo_id": name}}, headers=mallory)
+    assert no_update.status_code == 422 and "output.overwrite" in repo_error(no_update)
+    update_it = client.post("/jobs", json=BODY | explicit, headers=mallory)
+    assert update_it.status_code == 202, update_it.text
     # Nobody else can take over that name, even with overwrite.
     bob = auth(make_token("bob"))
-    stolen = {"output": {"repo_id": "mallory/src-intraslice-30", "overwrite": True}}
+    stolen = {"output": {"repo_id": name, "overwrite": True}}
     assert client.post("/jobs", json=BODY | stolen, headers=bob).status_code == 403
     # Nothing reached the Hub: the source's main is where it was.
     assert HfApi().model_info("tester/src").sha == source_main

@@ -39,6 +39,7 @@ def field_error(status_code: int, loc: list[str], msg: str, kind: str) -> HTTPEx
     response_model=JobOut,
     responses={
         403: {"model": FieldErrors, "description": "the token may not push to `output.repo_id`"},
+        409: {"model": FieldErrors, "description": "another of your jobs is still writing `output.repo_id`"},
         400: {"model": Message, "description": "the body could not be read as JSON"},
         413: {"model": Message, "description": "request body too large"},
     },
@@ -67,7 +68,7 @@ def submit_job(
             "idempotency_conflict",
         ) from err
     except OutputRefused as err:
-        kind = "output_forbidden" if err.status == 403 else "output_not_allowed"
+        kind = {403: "output_forbidden", 409: "output_busy"}.get(err.status, "output_not_allowed")
         raise field_error(err.status, ["body", "output", "repo_id"], err.message, kind) from err
     if created and job.status == JobStatus.queued:
         background.add_task(publish_now, job.id)
