@@ -12,6 +12,8 @@ Four ways, by what the request gives:
   calibration; later the allocation is searched (with the estimator's importances unless `uniform`), and
   after saving, the dense and the compressed checkpoints are loaded as a user would load them and timed
   side by side: the record reports the measured speed-up next to the target and the prediction.
+  Every one of these timings is repeated until its noise is within the request's `TimingPolicy`
+  (`timing_unstable` otherwise), and a measurement the prediction contradicts beyond the noise is refused.
 """
 
 from __future__ import annotations

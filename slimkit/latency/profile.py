@@ -12,12 +12,14 @@ in the compute dtype) at a grid of widths, for the job's workload (prefill of ba
   them; only a last remaining head may go narrower). The engine's real head plan depends on calibration
   data; the final whole-model measurement is what the job reports;
 - the MLP at widths I·(1 − r) on the 8-channel grid.
-Between grid points the latency is interpolated linearly; each curve is made non-increasing in the amount
-pruned (noise on a shared machine must not make pruning look like it costs time).
+All points are timed in interleaved rounds until each median's 95 % interval is within the timing
+policy's tolerance (`slimkit.latency.noise`; `TimingUnstable` otherwise); the worst point's noise is kept
+with the profile. Between grid points the latency is interpolated linearly; each curve is made
+non-increasing in the amount pruned (noise on a shared machine must not make pruning look like it costs time).
 
 Profiles are cached as JSON under `cache_dir`, keyed by the device (GPU name and compute capability, or CPU
 model and thread count), torch version, dtype, the layer's shape and the workload: every job on the same
-worker and architecture reuses them.
+worker and architecture reuses them, unless the cached profile's noise exceeds the job's tolerance.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 Prediction. The dense model is timed whole on the workload (`dense_s`, real kernels, embedding and head
 included); a candidate allocation saves, per layer, what the latency profile says its narrower attention
-and MLP save: predicted time = dense_s − κ · Σ_l savings_l, and the predicted speed-up is the stock
-transformers model's time (`reference_s`, what the result is measured against) over that.
-κ = min(1, decoder share of dense_s / the profile's dense layers): isolated modules can time slower than
-inside a model (colder caches), and a saving can never exceed the time the decoder actually takes.
+and MLP save: predicted time = max(dense_s, reference_s) − κ · Σ_l savings_l (the output may run on either
+modeling code, so the slower one is assumed: an allocation that removes nothing is never predicted above
+1x), and the predicted speed-up is the stock transformers model's time (`reference_s`, what the result is
+measured against) over that. κ = min(1, decoder share of dense_s / the profile's dense layers): isolated
+modules can time slower than inside a model (colder caches), and a saving can never exceed the time the
+decoder actually takes. Every time used carries its measured noise (`slimkit.latency.noise`), and the
+prediction carries their sum (`SpeedModel.uncertainty`).
 
 Reachability. The fastest allocation the engine may produce is every layer at the per-layer cap; if even
 that misses the target, the job fails before calibration with the best achievable value.
@@ -16,6 +19,10 @@ split. With the Fisher estimator's importances several λ_b are tried and the on
 the least Fisher importance (the estimator's own second-order loss estimate, ½ Σ removed I, as in
 Fisher-based latency-constrained pruning) wins; `bias` pins λ_b instead. `uniform` has no importances,
 so it uses one λ_b (1 unless pinned).
+
+Verdict. After the output is measured, `met` is the measured speed-up against the target and nothing
+else; a measurement further from the prediction than both uncertainties plus the policy's margin is
+refused (`judge_measurement`).
 """
 
 from __future__ import annotations
