@@ -77,12 +77,14 @@ def has_tokenizer(folder: Path) -> bool:
 def copy_tokenizer(source: Path, dest: Path, model_config: PreTrainedConfig) -> PreTrainedTokenizerBase:
     """Copy the stock tokenizer files from `source` into `dest`, sanitised, and load them back from `dest`.
 
-    The returned tokenizer is exactly what a user gets from `AutoTokenizer.from_pretrained(dest)`; its class is
-    written into `dest`'s `tokenizer_config.json` so that loading never depends on the folder's model config.
+    The class that loaded is written into `dest`'s `tokenizer_config.json`, so that which class a user gets does
+    not depend on the folder's model config (a slim output's is not one transformers knows).
     """
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, dest / name)
+            if name.endswith(".json") and name != CONFIG_FILE:
+                _drop_top_level_auto_map(dest / name)
     path = dest / CONFIG_FILE
     config = _read_json(path) if path.is_file() else {}
     config = sanitise_config(config if isinstance(config, dict) else {}, (dest / "tokenizer.json").is_file())
@@ -108,6 +110,16 @@ def strip_auto_map(source: Path, dest: Path, name: str) -> None:
     if isinstance(data, dict):
         data.pop("auto_map", None)
     (dest / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _drop_top_level_auto_map(path: Path) -> None:
+    """Rewrite a JSON file without a top-level `auto_map` (parsed only if the word occurs: tokenizer.json is big)."""
+    if b'"auto_map"' not in path.read_bytes():
+        return
+    data = _read_json(path)
+    if isinstance(data, dict) and "auto_map" in data:
+        del data["auto_map"]
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _read_json(path: Path) -> Any:

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 from slimkit import CalibrationSpec, CompressionRequest, compress
 from slimkit.export import save_compressed
 from slimkit.loading import load_source
-from slimkit.tokenizer_files import TOKENIZER_FILES, load_tokenizer, stock_tokenizer_class
+from slimkit.tokenizer_files import TOKENIZER_FILES, load_tokenizer, sanitise_config, stock_tokenizer_class
 
 TEXT = "Structured compression keeps the tokenizer: the same ids, byte for byte.\n"
 PROMPT = "Do you wish to run the custom code"
@@ -39,6 +39,8 @@ def hostile(tiny_llama_gqa: Path, tmp_path: Path) -> Path:
     config["tokenizer_class"] = "CustomTokenizerFast"
     config["auto_map"] = {"AutoTokenizer": [None, "tokenization_custom.CustomTokenizerFast"]}
     (source / "tokenizer_config.json").write_text(json.dumps(config))
+    pointer = {"AutoTokenizer": [None, "tokenization_custom.CustomTokenizerFast"]}
+    (source / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "auto_map": pointer}))
     generation = json.loads((source / "generation_config.json").read_text())
     generation["auto_map"] = {"AutoModelForCausalLM": "tokenization_custom.CustomTokenizerFast"}
     (source / "generation_config.json").write_text(json.dumps(generation))
@@ -94,6 +96,15 @@ def test_compress_takes_over_no_remote_code(hostile: Path, tmp_path: Path) -> No
     reloaded = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     source = load_source(str(hostile))
     assert reloaded(TEXT)["input_ids"] == load_tokenizer(hostile, source.config)(TEXT)["input_ids"]
+
+
+def test_sanitise_config_keeps_stock_names_only() -> None:
+    stock = {"tokenizer_class": "LlamaTokenizerFast", "processor_class": "AutoProcessor", "model_max_length": 8}
+    assert sanitise_config(stock, has_tokenizer_json=True) == stock
+    custom = {"tokenizer_class": "EvilTokenizer", "processor_class": "EvilProcessor", "auto_map": {"x": "y.Z"}}
+    assert sanitise_config(custom, has_tokenizer_json=True) == {"tokenizer_class": "TokenizersBackend"}
+    assert sanitise_config(custom, has_tokenizer_json=False) == {}  # let transformers pick by model type
+    assert not stock_tokenizer_class("AutoTokenizer") and not stock_tokenizer_class("os")
 
 
 @pytest.mark.parametrize("fmt", ["auto", "slim"])
