@@ -119,6 +119,17 @@ def test_timings_repeat_until_the_median_is_known() -> None:
     assert rounds.estimates[0].median == pytest.approx(1.0, abs=0.003)
 
 
+def test_profile_points_are_judged_against_their_dense_module() -> None:
+    """A tiny point's ±50 % is ±1 % of its dense module's time: that is what its saving can be off by."""
+    dense = iter([1.0] * 100)
+    tiny = iter([0.02, 0.01, 0.03] * 40)
+    samplers = [lambda: next(dense), lambda: next(tiny), lambda: 0.5]
+    rounds = measure_rounds(samplers, TimingPolicy(), "x", "here", relative_to=[0, 0, 0])
+    assert rounds.repeats == 5 and rounds.noise == pytest.approx(0.01)
+    with pytest.raises(TimingUnstable):  # on its own scale the same point is far too noisy
+        measure_rounds(samplers[1:2], TimingPolicy(max_repeats=9), "x", "here")
+
+
 def test_the_wall_time_budget_stops_an_unsettled_timing() -> None:
     ticks = iter(range(0, 10_000, 100))  # the clock advances 100 s per reading
     jitter = random.Random(0)
@@ -162,8 +173,8 @@ def test_prediction_uncertainty_follows_the_measured_noise() -> None:
     profile = linear_profile()
     profile.noise = 0.02
     noisy = SpeedModel(profile, config, dense_s=13.0, reference_s=13.0, dense_noise=0.01, reference_noise=0.03)
-    # base 3 % + (13 s · 1 % + 2 % · 4 layers · (1 + 0.5 + 2 + 1) s of profile points) / 7 s predicted
-    assert noisy.uncertainty(half) == pytest.approx(0.03 + (0.13 + 0.02 * 4 * 4.5) / 7.0)
+    # base 3 % + (13 s · 1 % + 2 % of the dense modules' time · 4 layers · 2 points · (1 + 2) s) / 7 s predicted
+    assert noisy.uncertainty(half) == pytest.approx(0.03 + (0.13 + 0.02 * 4 * 2 * 3.0) / 7.0)
     assert noisy.uncertainty([LayerTarget(0.0, 0.0)] * 4) == pytest.approx(0.03 + 0.13 / 13.0)
     plan = plan_speedup(noisy, 1.5, 0.8, importances=None)
     assert plan.record()["predicted_noise"] == pytest.approx(noisy.uncertainty(plan.targets))

@@ -129,23 +129,32 @@ class Rounds:
     estimates: list[Estimate]
     ratio: Estimate | None  # first / second, per round, when there are exactly two candidates
     seconds: float  # wall time spent in the rounds
+    relative_to: Sequence[int] | None = None  # per candidate: whose median its interval is a fraction of
 
     @property
     def repeats(self) -> int:
         return len(self.samples[0])
 
+    def noise_of(self, i: int) -> float:
+        e = self.estimates[i]
+        if self.relative_to is None:
+            return e.noise
+        base = self.estimates[self.relative_to[i]].median
+        return max(e.median - e.low, e.high - e.median) / base if base > 0 else math.inf
+
     @property
     def noise(self) -> float:
         """The worst relative uncertainty of anything measured."""
-        return max(e.noise for e in [*self.estimates, *([self.ratio] if self.ratio else [])])
+        worst = max(self.noise_of(i) for i in range(len(self.estimates)))
+        return max(worst, self.ratio.noise) if self.ratio is not None else worst
 
 
-def summarise(samples: list[list[float]], seconds: float = 0.0) -> Rounds:
+def summarise(samples: list[list[float]], seconds: float = 0.0, relative_to: Sequence[int] | None = None) -> Rounds:
     estimates = [estimate(s) for s in samples]
     ratio = None
     if len(samples) == 2:
         ratio = estimate([a / max(b, 1e-12) for a, b in zip(samples[0], samples[1], strict=True)])
-    return Rounds(samples, estimates, ratio, seconds)
+    return Rounds(samples, estimates, ratio, seconds, relative_to)
 
 
 def describe_noise(noise: float) -> str:
@@ -159,12 +168,15 @@ def measure_rounds(
     where: str,
     progress: Callable[[int, int], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    relative_to: Sequence[int] | None = None,
 ) -> Rounds:
     """Time every sampler once per round until each estimate is within `policy.tolerance`, or refuse.
 
     A sampler returns the seconds of one timed run of its candidate (it does the timing itself, so a
     deterministic one can stand in for the clock in tests). `what` and `where` name the candidates and the
-    device in the error.
+    device in the error. `relative_to[i]` makes candidate i's interval a fraction of another candidate's
+    median rather than of its own (profile points: what matters is the error against the dense module's
+    time, not against a tiny module's).
     """
     samples: list[list[float]] = [[] for _ in samplers]
     start = clock()
@@ -177,7 +189,7 @@ def measure_rounds(
         if n < policy.min_repeats:
             continue
         elapsed = clock() - start
-        rounds = summarise(samples, elapsed)
+        rounds = summarise(samples, elapsed, relative_to)
         if rounds.noise <= policy.tolerance:
             return rounds
         if n >= policy.max_repeats or elapsed >= policy.max_seconds:

@@ -13,9 +13,10 @@ in the compute dtype) at a grid of widths, for the job's workload (prefill of ba
   data; the final whole-model measurement is what the job reports;
 - the MLP at widths I·(1 − r) on the 8-channel grid.
 All points are timed in interleaved rounds until each median's 95 % interval is within the timing
-policy's tolerance (`slimkit.latency.noise`; `TimingUnstable` otherwise); the worst point's noise is kept
-with the profile. Between grid points the latency is interpolated linearly; each curve is made
-non-increasing in the amount pruned (noise on a shared machine must not make pruning look like it costs time).
+policy's tolerance, as a fraction of the dense module's time (`slimkit.latency.noise`; `TimingUnstable`
+otherwise); the worst point's noise is kept with the profile. Between grid points the latency is
+interpolated linearly; each curve is made non-increasing in the amount pruned (noise on a shared machine
+must not make pruning look like it costs time).
 
 Profiles are cached as JSON under `cache_dir`, keyed by the device (GPU name and compute capability, or CPU
 model and thread count), torch version, dtype, the layer's shape and the workload: every job on the same
@@ -49,7 +50,7 @@ from slimkit.shapes import MLP_ROUND, Shape, attention_params, get_shapes, set_s
 
 PROFILE_VERSION = 2  # 2: profiles record their noise
 GRID = tuple(round(0.1 * i, 1) for i in range(10))  # pruned fraction of a module: 0, 0.1, ..., 0.9
-MIN_SAMPLE_S = 0.005  # one timing sample repeats a call until it lasts at least this long
+MIN_SAMPLE_S = 0.02  # one timing sample repeats a call until it lasts at least this long (a few timeslices)
 MAX_INNER = 64
 
 
@@ -114,7 +115,7 @@ class LatencyProfile:
     attention_shapes: list[dict[str, int]]  # heads, KV heads, width behind each attention point
     mlp: list[tuple[int, float]]  # (width, seconds), width ascending
     measure_s: float  # how long measuring took (0 when read from the cache)
-    noise: float = 0.0  # the worst relative half-width of a point's 95 % interval (0.05: ±5 %)
+    noise: float = 0.0  # the worst half-width of a point's 95 % interval / its module's dense time (0.05: ±5 %)
     repeats: int = 0  # interleaved rounds timed
 
     def attention_seconds(self, ratio: float) -> float:
@@ -164,9 +165,11 @@ def interleaved_medians(
     device: torch.device,
     policy: TimingPolicy,
     progress: Callable[[int, int], None] | None = None,
+    relative_to: list[int] | None = None,
 ) -> Rounds:
     """Seconds per call of each probe, sampled round-robin (all probes, then all again, …) until every
-    median is known to the policy's tolerance (`TimingUnstable` otherwise).
+    median is known to the policy's tolerance (`TimingUnstable` otherwise), as a fraction of the median of
+    the probe `relative_to` names (its dense counterpart).
 
     Interleaving matters: timed one after the other, the first candidates run on a colder machine (caches,
     allocator, thread pool, clocks) and look slower than they are, which inflates what pruning saves.
@@ -181,7 +184,8 @@ def interleaved_medians(
         once = max(time.perf_counter() - start, 1e-7)
         probe.inner = max(1, min(MAX_INNER, int(MIN_SAMPLE_S / once)))
     samplers = [_sampler(probe, device) for probe in probes]
-    return measure_rounds(samplers, policy, "one layer's attention and MLP widths", device_name(device), progress)
+    what = "one layer's attention and MLP widths"
+    return measure_rounds(samplers, policy, what, device_name(device), progress, relative_to=relative_to)
 
 
 class _Bench:
@@ -323,8 +327,12 @@ def measure_profile(
     candidates = [bench.attention(a) for a in attention_shapes]
     candidates += [bench.mlp(dict(shape, intermediate_size=w)) for w in mlp_widths]
     probes = [probe for weighted in candidates for probe, _ in weighted]
+    # Each point's noise as a fraction of its module's dense time (first attention, last MLP candidate).
+    per = len(candidates[0])
+    dense_of = [0] * len(GRID) + [len(candidates) - 1] * len(mlp_widths)
+    relative_to = [dense_of[c] * per + k for c in range(len(candidates)) for k in range(per)]
     with torch.inference_mode():
-        rounds = interleaved_medians(probes, device, policy, progress)
+        rounds = interleaved_medians(probes, device, policy, progress, relative_to)
     medians = iter(e.median for e in rounds.estimates)
     seconds = [sum(weight * next(medians) for _, weight in weighted) for weighted in candidates]
     attention = list(zip(GRID, seconds[: len(GRID)], strict=True))

@@ -93,15 +93,14 @@ class SpeedModel:
         """Relative uncertainty of `speedup(targets)` from the measured noise of everything it uses.
 
         The base time's noise, plus the predicted time's: the dense time's, and for every module that is
-        narrowed the noise of both profile points its saving is the difference of (each layer reads the
-        same points, so their errors add up rather than average out).
+        narrowed the noise of both profile points its saving is the difference of — each a fraction of
+        the dense module's time (the profile's noise), and each layer reads the same points, so their
+        errors add up rather than average out.
         """
         spread = 0.0  # profile seconds whose noise reaches the prediction
         for t in targets:
             attn, mlp = self._modules(t)
-            spread += (self.attn_s + attn if attn != self.attn_s else 0.0) + (
-                self.mlp_s + mlp if mlp != self.mlp_s else 0.0
-            )
+            spread += (2 * self.attn_s if attn != self.attn_s else 0.0) + (2 * self.mlp_s if mlp != self.mlp_s else 0.0)
         time_error = self.out_s * self.out_noise + self.scale * self.profile.noise * spread
         return self.base_noise + time_error / max(self.seconds(targets), 1e-12)
 
