@@ -26,7 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 # Layers have different widths, which no stock config can express: the repo ships its modeling code
 # (modeling_slim.py), so loading needs trust_remote_code=True. Read that file before you run it.
 model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{repo}")
+# The tokenizer needs no code; say so, or transformers asks about modeling_slim.py (it reads config.json first).
+tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=False)
 ```"""
 
 
