@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from slimkit.errors import InvalidArgument
+from slimkit.tokenizer_files import TOKENIZER_FILES
 
 RECIPE_FILE = "compression.json"
 # Every name a slimkit output can contain (weights, configs, our modeling file, the stock tokenizer files);
@@ -40,14 +41,7 @@ OUTPUT_NAMES = frozenset(
         "generation_config.json",
         "modeling_slim.py",
         "model.safetensors.index.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "tokenizer.model",
-        "chat_template.jinja",
-        "vocab.json",
-        "merges.txt",
-        "added_tokens.json",
+        *TOKENIZER_FILES,
     }
 )
 _SHARD = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
