@@ -7,6 +7,7 @@ another owner's job is indistinguishable from a missing one (404).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -21,6 +22,7 @@ from app.models import ApiToken
 from app.settings import get_settings
 
 TOKEN_PREFIX = "slk_"
+OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # owners name default output repos on the Hub
 bearer = HTTPBearer(auto_error=False, description="API token created with `python -m app.cli create-token`")
 
 
@@ -35,6 +37,8 @@ def create_token(session: Session, owner: str, name: str = "", output_patterns: 
     output_patterns: glob patterns of the Hub repos this token's jobs may push to (`{owner}` allowed);
     None keeps the deployment's default (see app.outputs).
     """
+    if not OWNER.fullmatch(owner):
+        raise ValueError(f"owner {owner!r}: use 1-64 letters, digits, '-', '_' or '.' (it names Hub repos)")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(owner=owner, name=name, token_hash=hash_token(token), output_patterns=output_patterns))
     session.commit()

@@ -85,7 +85,8 @@ def _short(value: Any) -> Any:
 async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = []
     for error in exc.errors():
-        item = {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+        loc = [_short(part) if isinstance(part, str) else part for part in error.get("loc", ())]  # keys too
+        item = {"loc": loc, "msg": error.get("msg", ""), "type": error.get("type", "")}
         if "input" in error:
             item["input"] = _short(error["input"])
         errors.append(item)

@@ -88,7 +88,7 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
     output = body.output
     explicit = output.repo_id
     candidates: list[str] = []
-    taken: set[str] = set()
+    taken: dict[str, bool] = {}
     if output.push and explicit:
         outputs.check_allowed(explicit, caller.owner, caller.output_patterns, body.model)
     elif output.push:  # the default name, or its next free version (a new recipe never needs `overwrite`)

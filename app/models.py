@@ -122,7 +122,8 @@ class CalibrationText(Base):
 
 
 class OutputRepo(Base):
-    """A Hub repo the service writes for one owner: reserved at submit, marked once something was pushed.
+    """A Hub repo the service writes for one owner: reserved at submit, marked when the service creates it on
+    the Hub and when an output was pushed into it.
 
     A repo id is reserved for one owner only (primary key: case-folded repo id, as the Hub compares names),
     so no other owner's job can ever push into it, and a job may only write over a repo that the service
@@ -136,4 +137,7 @@ class OutputRepo(Base):
     owner: Mapped[str] = mapped_column(String(100), index=True)
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))  # last writer
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
-    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # first successful push
+    # Set just before the service creates the repo on the Hub (so a worker killed right after creating it
+    # still knows the repo is ours), cleared again if the Hub says someone else has it.
+    hub_created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # first successful upload

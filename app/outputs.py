@@ -13,6 +13,7 @@ Names are compared case-folded, as the Hub compares them.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import logging
 import re
 import uuid
@@ -69,7 +70,7 @@ def allowed_patterns(owner: str, token_patterns: list[str] | None) -> list[str]:
         patterns = [f"{settings.hub_namespace}/{{owner}}-*"]
     else:
         patterns = ["{owner}/*"]
-    return [p.replace("{owner}", owner) for p in patterns]
+    return [p.replace("{owner}", glob.escape(owner)) for p in patterns]  # an owner "*" matches only "*"
 
 
 def check_allowed(repo_id: str, owner: str, token_patterns: list[str] | None, source: str) -> None:
@@ -90,13 +91,14 @@ def reserve(
     on_hub: whether the repo exists on the Hub now (None: the Hub could not be asked; the worker checks again).
     """
     row = session.get(OutputRepo, repo_id.lower(), with_for_update=True)
-    if row is None:
+    if row is None or (row.owner == owner and row.hub_created_at is None):
         if on_hub:
             raise OutputRefused(
                 422, f"{repo_id} already exists on the Hub and was not created by this service for you; pick another"
             )
-        session.add(OutputRepo(repo_key=repo_id.lower(), repo_id=repo_id, owner=owner, job_id=job_id))
-        return
+        if row is None:
+            session.add(OutputRepo(repo_key=repo_id.lower(), repo_id=repo_id, owner=owner, job_id=job_id))
+            return
     if row.owner != owner:
         raise OutputRefused(403, f"this token may not push to {repo_id!r} (it belongs to another owner)")
     if row.job_id != job_id and writing(session, row):
@@ -109,12 +111,19 @@ def reserve(
 
 
 DEFAULT_VERSIONS = 20  # default names tried (…-30, …-30-v2, …) before asking for an explicit output.repo_id
+HUB_CHECKS = 3  # of those, how many may be looked up on the Hub in one submission (each a round trip)
 
 
-def taken_for(session: Session, candidates: list[str], owner: str) -> set[str]:
-    """The candidate names this owner may not take: reserved by another owner, or holding an output already."""
+def taken_for(session: Session, candidates: list[str], owner: str) -> dict[str, bool]:
+    """Reserved candidate names → whether this owner may take them without asking the Hub (True: the service
+    created the repo for them and no output landed in it, e.g. after a failed push; False: taken — another
+    owner's, holding an output already, or still being written by another job)."""
     rows = session.scalars(select(OutputRepo).where(OutputRepo.repo_key.in_([c.lower() for c in candidates])))
-    return {r.repo_key for r in rows if r.owner != owner or r.pushed_at is not None or writing(session, r)}
+    return {
+        r.repo_key: r.owner == owner and r.pushed_at is None and r.hub_created_at is not None
+        for r in rows
+        if not (r.owner == owner and r.pushed_at is None and r.hub_created_at is None and not writing(session, r))
+    }
 
 
 def writing(session: Session, row: OutputRepo) -> bool:
@@ -125,12 +134,18 @@ def writing(session: Session, row: OutputRepo) -> bool:
     return status is not None and not status.finished
 
 
-def first_free(candidates: list[str], taken: set[str]) -> tuple[str, bool | None]:
-    """The first default name that is neither taken here nor present on the Hub, with what the Hub said."""
+def first_free(candidates: list[str], reserved: dict[str, bool]) -> tuple[str, bool | None]:
+    """The first default name this owner may use (see `taken_for`) that is not someone else's on the Hub."""
+    asked = 0
     for name in candidates:
-        if name.lower() in taken:
+        if asked == HUB_CHECKS:
+            break
+        if name.lower() in reserved:
+            if reserved[name.lower()]:
+                return name, None  # ours already, empty: a resubmission after a failed push lands here again
             continue
         on_hub = repo_exists_on_hub(name)
+        asked += 1
         if not on_hub:
             return name, on_hub
     raise OutputRefused(422, f"{candidates[0]} and its next versions are all taken; give output.repo_id")
@@ -140,14 +155,18 @@ def reservation(session: Session, repo_id: str) -> OutputRepo | None:
     return session.get(OutputRepo, repo_id.lower())
 
 
-def mark_pushed(session: Session, repo_id: str, owner: str) -> None:
-    """Record that the service created (and wrote) the repo for `owner`."""
+def mark(session: Session, repo_id: str, owner: str, **values: object) -> None:
+    """Set `hub_created_at` / `pushed_at` (or clear them with None) on the owner's reservation, and commit."""
     session.execute(
-        update(OutputRepo)
-        .where(OutputRepo.repo_key == repo_id.lower(), OutputRepo.owner == owner, OutputRepo.pushed_at.is_(None))
-        .values(pushed_at=utcnow())
+        update(OutputRepo).where(OutputRepo.repo_key == repo_id.lower(), OutputRepo.owner == owner).values(**values)
     )
     session.commit()
+
+
+def mark_pushed(session: Session, repo_id: str, owner: str) -> None:
+    """Record that the service created the repo for `owner` and uploaded an output into it."""
+    now = utcnow()
+    mark(session, repo_id, owner, hub_created_at=now, pushed_at=now)
 
 
 def repo_exists_on_hub(repo_id: str) -> bool | None:

@@ -32,9 +32,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 6 * 3600  # above the longest job, else Redis redelivers a running job
     lease_s: int = 300  # a running job whose worker stopped heart-beating for this long is re-queued
     max_attempts: int = 3  # claims of one job (worker deaths included) before it is failed instead of re-queued
-    stale_queued_s: int = (
-        60  # a published job whose message is in neither the queue nor a worker after this long is re-published
-    )
+    # A queued job published this long ago whose message is neither waiting in the broker nor delivered to a
+    # worker is published again (worker.outbox.republish_lost).
+    stale_queued_s: int = 60
     hub_namespace: str | None = None  # namespace of default output repos; None: the job owner's name
     # Where an owner's jobs may push, as glob patterns of repo ids with `{owner}` standing for the owner;
     # None: "<hub_namespace>/<owner>-*" when hub_namespace is set, else "<owner>/*". A token's own

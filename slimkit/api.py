@@ -37,7 +37,7 @@ from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 from slimkit.export import load_compressed, write_compressed
 from slimkit.latency.noise import TimingPolicy
-from slimkit.latency.workload import Workload
+from slimkit.latency.workload import Workload, WorkloadTimer, workload_seconds
 from slimkit.layerwise import LayerTarget, compress_model
 from slimkit.loading import load_source
 from slimkit.methods import is_depth_method, method_for
@@ -163,10 +163,12 @@ def compress(
     token: str | None = None,
     show_progress: bool = True,
     overwrite: bool = False,
+    timer: WorkloadTimer = workload_seconds,
 ) -> CompressionResult:
     """Run the whole pipeline; `progress(stage, done, total)` is called as stages and layers advance.
 
     overwrite: replace an earlier slimkit output at `out_dir` (anything else there is refused, never deleted).
+    timer: times one workload run for a speed-up target (the real clock; tests plug in a cost model).
     """
     with transformers_progress_bars(show_progress):
         request.validate()
@@ -199,7 +201,9 @@ def compress(
         if is_depth_method(request.method):
             removed_layers(request.target_ratio(), model.config.num_hidden_layers)  # a whole layer at least
         lap("load")
-        speed = prepare_speed(request, model, source.path, device, notify)  # fails here if a speed-up is out of reach
+        speed = prepare_speed(
+            request, model, source.path, device, notify, timer=timer
+        )  # fails here if a speed-up is out of reach
         if speed is not None:
             lap("profile")
         notify("calibrate", 0, 1)
@@ -291,7 +295,9 @@ def compress(
             if speedup is not None:
                 notify("measure_speed", 0, 1)
                 store_dtype = model.model.embed_tokens.weight.dtype
-                speedup |= measure_achieved(request, source.path, folder, store_dtype, device, planned=speedup)
+                speedup |= measure_achieved(
+                    request, source.path, folder, store_dtype, device, planned=speedup, timer=timer
+                )
                 lap("measure_speed")
             if request.verify:
                 notify("verify", 0, 1)

@@ -133,6 +133,37 @@ def test_deployment_namespace_prefixes_the_owner(client: TestClient, make_token,
         get_settings.cache_clear()
 
 
+def test_owner_names_cannot_widen_the_allow_list(db) -> None:
+    from app.auth import create_token
+    from app.outputs import OutputRefused, allowed_patterns, check_allowed
+
+    for bad in ("*", "a/b", "al ice", "", "x" * 65):
+        with pytest.raises(ValueError, match="owner"):
+            create_token(db, bad)
+    assert allowed_patterns("a[b]", None) == ["a[[]b]/*"]  # glob characters are literal
+    with pytest.raises(OutputRefused):
+        check_allowed("ab/x", "a?", ["{owner}/*"], "t/src")
+
+
+def test_a_failed_push_can_be_resubmitted_into_the_same_repo(client: TestClient, make_token) -> None:
+    """The worker created the default-named repo, then every upload failed: the same key and body submit a
+    fresh job for the same (ours, still empty) repo instead of moving on to -v2 or asking for overwrite."""
+    from worker.claim import claim, enter_push, finish, mark_output
+
+    headers = auth(make_token("carol")) | {"Idempotency-Key": "push-retry"}
+    first = client.post("/jobs", json=BODY, headers=headers).json()
+    repo_id = first["request"]["output"]["repo_id"]
+    assert repo_id == "carol/src-intraslice-30"
+    assert claim(first["id"], "w/1") and enter_push(first["id"], "w/1")
+    mark_output(repo_id, "carol", created=True)  # what the worker records right before creating the repo
+    from app.models import JobStatus
+
+    assert finish(first["id"], "w/1", JobStatus.failed, "hub_push_failed", "uploading failed after 4 tries")
+    again = client.post("/jobs", json=BODY, headers=headers)
+    assert again.status_code == 202 and again.json()["id"] != first["id"], again.text
+    assert again.json()["request"]["output"]["repo_id"] == repo_id
+
+
 # --- request limits -----------------------------------------------------------------------------------------------
 
 

@@ -268,3 +268,24 @@ def test_measured_speedup_is_judged_against_the_plan(wide: Path, narrow: Path, t
         measure(1.3, exact * 1.5)
     # Without a plan to judge against, only the target decides.
     assert measure(exact * 0.99, None)["met"] is True and "deviation" not in measure(1.3, None)
+
+
+def test_a_whole_speedup_job_on_a_deterministic_timer(wide: Path, tmp_path: Path) -> None:
+    """`compress()` end to end with the cost model as its clock: planned, compressed, saved, measured and
+    judged, with every number exact on any machine (the real-clock runs are in test_speedup.py)."""
+    from slimkit import compress
+
+    source = load_source(str(wide))
+    tokens = WORKLOAD.batch * WORKLOAD.prompt_tokens
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = profile_key(source.model.config, dense_layer_shape(source.model.config), WORKLOAD, CPU, torch.float32)
+    (cache / f"{key}.json").write_text(json.dumps(cost_profile(source.model, tokens).to_dict()))
+    request = request_for(wide, cache, target=1.2)
+    result = compress(request, tmp_path / "out", show_progress=False, timer=CostTimer())
+    speed = result.record["speedup"]
+    assert speed["met"] is (speed["measured"] >= 1.2) and speed["measured_noise"] == 0.0
+    assert abs(speed["deviation"]) <= speed["agreement_bound"]  # the plan and the measurement agree
+    assert speed["measured"] == pytest.approx(linear_cost(source.model) / linear_cost(result.model), rel=1e-6)
+    assert speed["predicted_speedup"] >= 1.2 and 0 < speed["ratio"] < 0.8
+    assert json.loads((tmp_path / "out" / "compression.json").read_text())["speedup"]["met"] is speed["met"]

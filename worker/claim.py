@@ -106,7 +106,11 @@ def claim(job_id: str | uuid.UUID, worker: str) -> bool:
             )
         )
         session.commit()
-        return done.rowcount == 1
+        if done.rowcount == 1:
+            return True
+        # Retried after a commit whose answer was lost? Then the job is already running for this worker.
+        holder = session.scalar(select(Job.worker).where(*_held(job_id, worker)))
+        return holder == worker
 
 
 @ride_out
@@ -304,13 +308,19 @@ def calibration_text(sha256: str) -> str:
 
 @ride_out
 def output_created(repo_id: str, owner: str) -> bool:
-    """Whether the service already created `repo_id` on the Hub for `owner` (so it may write it again)."""
+    """Whether the service (already) created `repo_id` on the Hub for `owner`, so it may write it again."""
     with _session() as session:
         row = outputs.reservation(session, repo_id)
-        return row is not None and row.owner == owner and row.pushed_at is not None
+        return row is not None and row.owner == owner and row.hub_created_at is not None
 
 
 @ride_out
-def mark_output_created(repo_id: str, owner: str) -> None:
+def mark_output(repo_id: str, owner: str, created: bool | None = None, pushed: bool | None = None) -> None:
+    """Record that the service is creating (True) or did not create (False) the repo, or pushed into it."""
+    values: dict[str, Any] = {}
+    if created is not None:
+        values["hub_created_at"] = utcnow() if created else None
+    if pushed:
+        values["pushed_at"] = utcnow()
     with _session() as session:
-        outputs.mark_pushed(session, repo_id, owner)
+        outputs.mark(session, repo_id, owner, **values)

@@ -107,14 +107,17 @@ def push_folder(
     private: bool,
     commit_message: str,
     ours: bool = True,
-    on_created: Callable[[], object] | None = None,
+    before_create: Callable[[], object] | None = None,
+    on_conflict: Callable[[], object] | None = None,
 ) -> Pushed:
     """Create the repo if needed and upload `folder` as one commit, retrying transient failures.
 
     ours: the service created this repo for the job's owner before (it may be written again). Otherwise the
     repo must not exist yet: a repo that appeared on the Hub since submit is someone else's, and nothing is
     pushed (`output_conflict`) — unless it is the one our own earlier try just created (its answer was lost).
-    `on_created` records the creation, before anything is uploaded.
+    `before_create` records that the service is creating the repo (so a worker killed right after creating it
+    knows on its next attempt that the repo is ours); `on_conflict` takes that back when the Hub says the
+    name is someone else's.
     """
     settings = get_settings()
     api = _api()
@@ -129,6 +132,8 @@ def push_folder(
         except HfHubHTTPError as err:
             if _status(err) != 409 or not tried:
                 if _status(err) == 409:
+                    if on_conflict is not None:
+                        on_conflict()
                     raise OutputConflict(
                         f"{repo_id} was created on the Hub by someone else after the job was accepted; nothing "
                         "was pushed (submit again with another output.repo_id)"
@@ -142,8 +147,8 @@ def push_folder(
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
 
     attempts, base = max(1, settings.hub_push_attempts), settings.hub_retry_base_s
+    if not ours and before_create is not None:
+        before_create()
     with_backoff(create, f"creating {repo_id}", attempts, base)
-    if on_created is not None:
-        on_created()
     info = with_backoff(upload, f"uploading to {repo_id}", attempts, base)
     return Pushed(repo_id=repo_id, commit=info.oid, url=f"{api.endpoint.rstrip('/')}/{repo_id}/tree/{info.oid}")

@@ -4,7 +4,8 @@ The API commits a job row (`enqueued_at` NULL) and answers; only then is the mes
 right after the response (`publish_one`), and otherwise by the dispatcher that every worker's main process
 runs every `dispatch_interval_s` (`publish_pending`). A row is stamped *before* it is sent (a conditional
 UPDATE, so two dispatchers never both send it) and un-stamped if the send fails, so a broker outage delays
-jobs but never loses or duplicates them. A message that is lost after it was sent (a broker restart
+jobs but never loses them (a send that timed out after the broker had stored the message is sent again; the
+duplicate is a no-op claim). A message that is lost after it was sent (a broker restart
 without persistence, a crash between stamp and send) is found by `republish_lost`, which looks for the
 job's message in the broker itself — the queue and the unacknowledged set — and re-sends only the ones
 that are really gone, so a job waiting behind a long one is never sent twice.

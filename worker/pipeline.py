@@ -220,8 +220,10 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
             private=output.get("private", True),
             commit_message=f"{job.method} {target_name} of {job.model}@{snapshot.sha[:12]} (slimkit job {job.id})",
             ours=claim.output_created(repo_id, job.owner),
-            on_created=lambda: claim.mark_output_created(repo_id, job.owner),
+            before_create=lambda: claim.mark_output(repo_id, job.owner, created=True),
+            on_conflict=lambda: claim.mark_output(repo_id, job.owner, created=False),
         )
+        claim.mark_output(repo_id, job.owner, pushed=True)
         tracker.add_time("push", time.perf_counter() - start)
     metrics = record.get("metrics", {})
     return {

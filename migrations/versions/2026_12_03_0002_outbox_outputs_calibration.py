@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(length=100), nullable=False),
         sa.Column("job_id", sa.Uuid(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("hub_created_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["job_id"], ["job.id"], name=op.f("fk_output_repo_job_id_job"), ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("repo_key", name=op.f("pk_output_repo")),

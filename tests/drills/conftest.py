@@ -29,7 +29,9 @@ from tests.drills.harness import (
 )
 from tests.hub_fixtures import LocalHub
 
-LEASE_S = 4  # short, so a dead worker's job is re-queued within seconds (sweep every lease / 2)
+# Short, so a dead worker's job is re-queued within seconds (sweep every lease / 2), yet long enough that a
+# starved heartbeat on a loaded 2-core machine does not make a healthy job look dead.
+LEASE_S = 12
 
 
 @dataclass
