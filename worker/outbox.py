@@ -48,7 +48,7 @@ def send(job_id: str) -> None:
     if time.monotonic() < _broker_down_until:
         raise BrokerUnavailable("the broker failed moments ago")
     try:
-        with celery_app.connection_for_write() as conn:
+        with celery_app.connection_for_write(url=settings.broker_url) as conn:  # a fresh one, not the app's pool
             if not settings.broker_url.startswith("filesystem://"):
                 conn.transport_options.update(
                     socket_timeout=settings.broker_timeout_s, socket_connect_timeout=settings.broker_timeout_s
