@@ -7,6 +7,7 @@ within seconds; the push back-off is shortened the same way. Tiny models keep ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,19 +66,26 @@ def worker(database_url: str, local_hub: LocalHub, tmp_path_factory: pytest.Temp
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     hostname = name.replace("%h", os.uname().nodename)
-    deadline = time.monotonic() + 90
-    while not celery_app.control.ping(destination=[hostname], timeout=1):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-3000:]}")
-    handle = type("Worker", (), {"proc": proc, "name": hostname, "work": work, "log": log_path, "app": celery_app})
-    yield handle
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    try:  # whatever goes wrong from here on, the worker (and its pool child) is stopped: a stray one would
+        # consume later tests' messages
+        deadline = time.monotonic() + 90
+        while not celery_app.control.ping(destination=[hostname], timeout=1):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-3000:]}")
+        yield type("Worker", (), {"proc": proc, "name": hostname, "work": work, "log": log_path, "app": celery_app})
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the worker's process group (its pool children too, even if the parent already died), then KILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    proc.wait(timeout=10)
 
 
 @pytest.fixture
