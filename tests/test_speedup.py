@@ -42,13 +42,13 @@ ANY_NOISE = TimingPolicy(tolerance=1e6, min_repeats=2, max_repeats=2)
 BUSY = {"timing_unstable", "speedup_unreachable"}  # what real timings may end in on a loaded machine
 
 
-def save_wide_llama(path: Path) -> Path:
+def save_wide_llama(path: Path, intermediate_size: int = 1024, seed: int = 0) -> Path:
     """4 layers of width 256 / MLP 1024: big enough that matmuls, not Python, dominate a CPU forward."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = T.LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=256,
-        intermediate_size=1024,
+        intermediate_size=intermediate_size,
         num_hidden_layers=4,
         num_attention_heads=8,
         num_key_value_heads=2,

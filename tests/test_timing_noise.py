@@ -26,7 +26,6 @@ from slimkit.layerwise import LayerTarget
 from slimkit.loading import load_source
 from slimkit.planning import measure_achieved, prepare_speed
 
-from .conftest import VOCAB, make_tokenizer
 from .test_speedup import WORKLOAD, config_like_wide, linear_profile, save_wide_llama
 
 CPU = torch.device("cpu")
@@ -57,19 +56,7 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def narrow(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wide model's layout with half the MLP: a stock checkpoint standing in for a compressed output."""
-    path = tmp_path_factory.mktemp("narrow_llama")
-    torch.manual_seed(1)
-    config = T.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    T.AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    make_tokenizer().save_pretrained(path)
+    path = save_wide_llama(tmp_path_factory.mktemp("narrow_llama"), intermediate_size=512, seed=1)
     (path / "compression.json").write_text(json.dumps({"format": "stock"}))
     return path
 
