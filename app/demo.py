@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-max-tokens", type=int, default=16384)
     args = parser.parse_args(argv)
 
-    from bench.smollm2 import ensure_smollm2
+    from app.smollm2 import ensure_smollm2
 
     work = args.work.resolve()
     logs = work / "logs"

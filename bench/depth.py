@@ -1,6 +1,6 @@
 """Depth vs width at equal parameter count: FlattenGPT, the ShortGPT-style baseline and IntraSlice.
 
-On the SmolLM2-135M fixture (`bench.smollm2`, 30 layers), each ratio r removes round(r · 30) whole layers
+On the SmolLM2-135M fixture (`app.smollm2`, 30 layers), each ratio r removes round(r · 30) whole layers
 for the depth methods (10 / 20 / 30 % = 3 / 6 / 9 layers: exactly r of the attention + MLP parameters) and
 r of every layer's parameters for IntraSlice, so all rows of a ratio have the same parameter count (within
 IntraSlice's rounding). Same calibration (64 × 512 tokens of wikitext2_valid, seed 0) and evaluation
@@ -29,8 +29,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
+from app.smollm2 import ensure_smollm2
 from bench.common import command_line, environment, header_lines, write_results
-from bench.smollm2 import ensure_smollm2
 from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, Workload, compress
 from slimkit.export import load_compressed
 from slimkit.latency import side_by_side

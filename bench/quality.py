@@ -1,6 +1,6 @@
 """Quality table (issue 3): perplexity, achieved ratio, time and peak memory per method and ratio.
 
-On the SmolLM2-135M fixture (`bench.smollm2`), every (method, ratio) row is one `slimkit.compress` call
+On the SmolLM2-135M fixture (`app.smollm2`), every (method, ratio) row is one `slimkit.compress` call
 in a fresh Python process (so peak-memory numbers do not contaminate each other), calibrated on 64 × 512
 tokens of `wikitext2_valid` (seed 0) and evaluated on `wikitext2_test` (seq_len 512, first 65,536 tokens).
 The dense row comes from `metrics.perplexity_before` of the first run (the only one that evaluates the
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.smollm2 import ensure_smollm2
 from bench.common import command_line, environment, header_lines, write_results
-from bench.smollm2 import ensure_smollm2
 
 METHODS = ("dense", "wanda-sp", "intraslice-nocomp", "intraslice")
 EVAL_STAGES = {"evaluate_dense", "evaluate"}

@@ -1,6 +1,6 @@
 """Inference speed of a compressed SmolLM2-135M against the dense one, measured side by side in one run.
 
-The dense folder (`bench.smollm2`) loads with stock `AutoModelForCausalLM.from_pretrained`, the compressed
+The dense folder (`app.smollm2`) loads with stock `AutoModelForCausalLM.from_pretrained`, the compressed
 one with `slimkit.export.load_compressed` (remote code only for the slim format), both in `--dtype`
 (float32) on `--device` (cpu). Prefill throughput = tokens / time of one forward pass with use_cache=False
 over batch × tokens random token ids; by default only the last position's logits are computed
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
+from app.smollm2 import ensure_smollm2
 from bench.common import command_line, environment, header_lines, write_results
-from bench.smollm2 import ensure_smollm2
 from slimkit import CalibrationSpec, CompressionRequest, compress
 from slimkit.export import RECIPE_FILE, load_compressed
 from slimkit.modeling.modeling_slim import SlimConfig

@@ -22,8 +22,8 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
+from app.smollm2 import ensure_smollm2
 from bench.common import command_line, environment, header_lines, write_results
-from bench.smollm2 import ensure_smollm2
 from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, Workload, compress
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    from bench.smollm2 import ensure_smollm2
+    from app.smollm2 import ensure_smollm2
 
     return ensure_smollm2()
 

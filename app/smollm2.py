@@ -8,7 +8,7 @@ The folder is written to a temporary sibling and renamed, so an interrupted run 
 
 Note: the weights are Q4_1 round-tripped, so its perplexities are not comparable to published fp16 numbers.
 
-    python -m bench.smollm2          # converts if needed (~30 s) and prints the folder
+    python -m app.smollm2          # converts if needed (~30 s) and prints the folder
 """
 
 from __future__ import annotations
