@@ -12,6 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
@@ -52,3 +54,11 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def database_unavailable(err: BaseException) -> bool:
+    """A lost or refused connection (server restarting, network blip, starved pool), not a bad statement:
+    the API answers 503 for it and a running job waits it out."""
+    if isinstance(err, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(err, DBAPIError) and err.connection_invalidated

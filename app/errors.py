@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.db import database_unavailable
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -93,18 +94,8 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
-def database_down(err: BaseException) -> bool:
-    if isinstance(err, PoolTimeout):
-        return True
-    if isinstance(err, DBAPIError):
-        from sqlalchemy.exc import InterfaceError, OperationalError
-
-        return err.connection_invalidated or isinstance(err, OperationalError | InterfaceError)
-    return False
-
-
 async def database_error(_: Request, exc: Exception) -> JSONResponse:
-    if not database_down(exc):
+    if not database_unavailable(exc):
         log.exception("database error", exc_info=exc)
         return JSONResponse({"detail": "internal error"}, status_code=500)
     log.warning("database unavailable: %s", type(exc).__name__)

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import Job, OutputRepo, utcnow
+from app.models import Job, OutputRepo
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -161,12 +161,6 @@ def mark(session: Session, repo_id: str, owner: str, **values: object) -> None:
         update(OutputRepo).where(OutputRepo.repo_key == repo_id.lower(), OutputRepo.owner == owner).values(**values)
     )
     session.commit()
-
-
-def mark_pushed(session: Session, repo_id: str, owner: str) -> None:
-    """Record that the service created the repo for `owner` and uploaded an output into it."""
-    now = utcnow()
-    mark(session, repo_id, owner, hub_created_at=now, pushed_at=now)
 
 
 def repo_exists_on_hub(repo_id: str) -> bool | None:

@@ -64,7 +64,7 @@ def test_outputs_only_where_the_owner_may_write(client: TestClient, make_token, 
 
     from app.db import session_factory
     from app.models import Job, JobStatus
-    from app.outputs import mark_pushed
+    from worker.claim import mark_output
 
     mallory = auth(make_token("mallory"))
     from huggingface_hub import HfApi
@@ -85,8 +85,8 @@ def test_outputs_only_where_the_owner_may_write(client: TestClient, make_token, 
     explicit = {"output": {"repo_id": name, "overwrite": True}}
     busy = client.post("/jobs", json=BODY | explicit, headers=mallory)  # the first job may still write it
     assert busy.status_code == 409 and "still writing" in repo_error(busy)
-    with session_factory()() as session:  # the first job created the repo, pushed, and finished
-        mark_pushed(session, name, "mallory")
+    mark_output(name, "mallory", created=True, pushed=True)  # what the worker records around its push
+    with session_factory()() as session:  # ... and the first job finished
         session.execute(update(Job).where(Job.id == uuid.UUID(first.json()["id"])).values(status=JobStatus.succeeded))
         session.commit()
     again = client.post("/jobs", json=BODY, headers=mallory)  # the same recipe again: the next free name

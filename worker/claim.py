@@ -18,25 +18,16 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select, text, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from app import outputs
-from app.db import session_factory
+from app.db import database_unavailable, session_factory
 from app.models import CalibrationText, Job, JobStatus, utcnow
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def database_unavailable(err: BaseException) -> bool:
-    """A lost or refused connection (server restarting, network blip), as opposed to a bad statement."""
-    if isinstance(err, OperationalError | InterfaceError | PoolTimeout):
-        return True
-    return isinstance(err, DBAPIError) and err.connection_invalidated
 
 
 def ride_out(fn: Callable[P, R]) -> Callable[P, R]:
@@ -73,7 +64,7 @@ def _id(job_id: str | uuid.UUID) -> uuid.UUID:
     return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
 
 
-def _now(session: Session) -> datetime:
+def db_now(session: Session) -> datetime:
     """Now in UTC; naive on SQLite, which stores timestamps without an offset (comparisons are textual)."""
     now = utcnow()
     return now.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else now
@@ -89,7 +80,7 @@ def claim(job_id: str | uuid.UUID, worker: str) -> bool:
     """queued → running for `worker`; False (and nothing changes) when the job is not queued any more."""
     lease = timedelta(seconds=get_settings().lease_s)
     with _session() as session:
-        now = _now(session)
+        now = db_now(session)
         done = session.execute(
             update(Job)
             .where(Job.id == _id(job_id), Job.status == JobStatus.queued)
@@ -124,7 +115,7 @@ def heartbeat(job_id: str | uuid.UUID, worker: str) -> bool:
     """Extend the lease; False when this worker no longer holds the job (it should stop)."""
     lease = timedelta(seconds=get_settings().lease_s)
     with _session() as session:
-        now = _now(session)
+        now = db_now(session)
         done = session.execute(update(Job).where(*_held(job_id, worker)).values(lease_until=now + lease))
         session.commit()
         return done.rowcount == 1
@@ -143,7 +134,7 @@ def set_progress(
     lease = timedelta(seconds=get_settings().lease_s)
     progress = {"stage": stage, "layer": layer, "layers": layers, "fraction": fraction}
     with _session() as session:
-        now = _now(session)
+        now = db_now(session)
         done = session.execute(
             update(Job)
             .where(*_held(job_id, worker))
@@ -182,7 +173,7 @@ def enter_push(job_id: str | uuid.UUID, worker: str) -> bool:
     """Move a held job into `push` unless a cancel was requested (atomic with the API's cancel, which refuses
     jobs already in `push`); False when a cancel came first or the job is no longer this worker's."""
     with _session() as session:
-        now = _now(session)
+        now = db_now(session)
         done = session.execute(
             update(Job)
             .where(*_held(job_id, worker), Job.cancel_requested_at.is_(None))
@@ -214,7 +205,7 @@ def finish(
     if not status.finished:
         raise ValueError(f"finish() needs a final status, not {status}")
     with _session() as session:
-        now = _now(session)
+        now = db_now(session)
         done = session.execute(
             update(Job)
             .where(*_held(job_id, worker))
@@ -250,7 +241,7 @@ def requeue_stale() -> dict[str, list[str]]:
     settings = get_settings()
     done: dict[str, list[str]] = {"cancelled": [], "failed": [], "requeued": []}
     with _session() as session:
-        now = _now(session)
+        now = db_now(session)
         if database_restarted_within(session, settings.lease_s):
             # Workers could not renew their leases while the database was down: give them one lease
             # period to do so before treating anybody as dead.

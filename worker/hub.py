@@ -64,10 +64,6 @@ def endpoint() -> str:
     return _api().endpoint.rstrip("/")
 
 
-def _status(err: BaseException) -> int | None:
-    return status_of(err)
-
-
 def fetch_source(model: str, revision: str, dest: Path) -> Snapshot:
     """Resolve `revision` and download that commit's safetensors snapshot into `dest` (the engine's coded errors:
     model_not_found, revision_not_found, gated_or_unauthorized, no_safetensors, hub_unavailable after retries)."""
@@ -130,16 +126,16 @@ def push_folder(
         try:
             return api.create_repo(repo_id, private=private, exist_ok=False)
         except HfHubHTTPError as err:
-            if _status(err) != 409 or not tried:
-                if _status(err) == 409:
-                    if on_conflict is not None:
-                        on_conflict()
-                    raise OutputConflict(
-                        f"{repo_id} was created on the Hub by someone else after the job was accepted; nothing "
-                        "was pushed (submit again with another output.repo_id)"
-                    ) from err
+            if status_of(err) != 409:
                 raise
-            return None  # our previous try created it, and only its answer was lost
+            if tried:
+                return None  # our previous try created it, and only its answer was lost
+            if on_conflict is not None:
+                on_conflict()
+            raise OutputConflict(
+                f"{repo_id} was created on the Hub by someone else after the job was accepted; nothing "
+                "was pushed (submit again with another output.repo_id)"
+            ) from err
         finally:
             tried = True
 

@@ -18,15 +18,15 @@ import logging
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from app.db import session_factory
-from app.models import Job, JobStatus, utcnow
+from app.models import Job, JobStatus
 from app.settings import get_settings
 from worker.celery_app import RUN_JOB, celery_app
+from worker.claim import db_now
 
 log = logging.getLogger(__name__)
 _breaker = threading.Lock()
@@ -62,11 +62,6 @@ def send(job_id: str) -> None:
         raise
 
 
-def _now(session: Session) -> datetime:
-    now = utcnow()
-    return now.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else now
-
-
 def publish_one(job_id: uuid.UUID | str) -> bool:
     """Send the message of one unpublished queued job; False when it was not ours to send (or not queued)."""
     job_id = uuid.UUID(str(job_id))
@@ -74,7 +69,7 @@ def publish_one(job_id: uuid.UUID | str) -> bool:
         stamped = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.queued, Job.enqueued_at.is_(None))
-            .values(enqueued_at=_now(session))
+            .values(enqueued_at=db_now(session))
         )
         session.commit()
         if stamped.rowcount != 1:
@@ -161,7 +156,7 @@ def republish_lost() -> list[str]:
     """
     settings = get_settings()
     with session_factory()() as session:
-        old = _now(session) - timedelta(seconds=settings.stale_queued_s)
+        old = db_now(session) - timedelta(seconds=settings.stale_queued_s)
         candidates = session.scalars(
             select(Job.id).where(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None), Job.enqueued_at < old)
         ).all()

@@ -20,9 +20,10 @@ from collections.abc import Callable
 
 from celery.signals import worker_ready, worker_shutdown
 
+from app.db import database_unavailable
 from app.settings import get_settings
 from worker import outbox
-from worker.claim import database_unavailable, requeue_stale
+from worker.claim import requeue_stale
 
 log = logging.getLogger(__name__)
 
