@@ -104,9 +104,11 @@ class Estimate:
     @property
     def noise(self) -> float:
         """Relative half-width on the wider side: 0.05 reads "±5 %"."""
-        if self.median <= 0:
-            return math.inf
-        return max(self.median - self.low, self.high - self.median) / self.median
+        return self.noise_against(self.median)
+
+    def noise_against(self, base: float) -> float:
+        """The half-width on the wider side as a fraction of `base` (another candidate's median, or its own)."""
+        return max(self.median - self.low, self.high - self.median) / base if base > 0 else math.inf
 
     def to_dict(self) -> dict[str, float | int]:
         return {"median": self.median, "low": self.low, "high": self.high, "noise": self.noise}
@@ -136,11 +138,9 @@ class Rounds:
         return len(self.samples[0])
 
     def noise_of(self, i: int) -> float:
-        e = self.estimates[i]
         if self.relative_to is None:
-            return e.noise
-        base = self.estimates[self.relative_to[i]].median
-        return max(e.median - e.low, e.high - e.median) / base if base > 0 else math.inf
+            return self.estimates[i].noise
+        return self.estimates[i].noise_against(self.estimates[self.relative_to[i]].median)
 
     @property
     def noise(self) -> float:
