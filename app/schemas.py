@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# The engine's bundled calibration texts (slimkit.calibration.BUNDLED; a test checks they agree).
+BUNDLED_TEXTS = ("wikitext2_valid", "wikitext2_test", "mixed")
 ENGINE_METHODS = ("intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt")
 Method = Literal["intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt"]
 # Always used with fullmatch: `$` would also match before a trailing newline ("ns/name\n").
@@ -96,7 +98,9 @@ class Target(Strict):
 
 class Calibration(Strict):
     dataset: str | None = Field(
-        "wikitext2_valid", description="bundled text (wikitext2_valid) or hf://datasets/<owner>/<name>/<file>"
+        "wikitext2_valid",
+        description="a bundled text (wikitext2_valid: WikiText-2 prose; mixed: prose, Python docs and Python code in "
+        "equal shares) or hf://datasets/<owner>/<name>/<file>",
     )
     text: str | None = Field(
         None,
@@ -112,10 +116,10 @@ class Calibration(Strict):
     def _known_dataset(cls, value: str | None) -> str | None:
         if (
             value is not None
-            and value not in ("wikitext2_valid", "wikitext2_test")
+            and value not in BUNDLED_TEXTS
             and not (value.startswith("hf://datasets/") and value.count("/") >= 5)
         ):
-            raise ValueError("use wikitext2_valid, wikitext2_test or hf://datasets/<owner>/<name>/<file>")
+            raise ValueError(f"use {', '.join(BUNDLED_TEXTS)} or hf://datasets/<owner>/<name>/<file>")
         return value
 
 

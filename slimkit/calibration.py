@@ -4,8 +4,12 @@ A calibration set is `samples` windows of `seq_len` tokens cut at seeded random 
 token stream (the text tokenized once), the protocol of SliceGPT/IntraSlice. When the text is shorter
 than one window, the single window is right-padded and its padding masked out of every statistic.
 
-Text sources: a local file, the bundled WikiText-2 splits (`wikitext2_valid`, `wikitext2_test`), or a file
-in a Hub dataset repo, `hf://datasets/<owner>/<name>/<path>` (.txt, or .jsonl with a "text" field).
+Text sources: a local file, a bundled text (`BUNDLED`, in slimkit/data with its LICENSE file), or a file in a
+Hub dataset repo, `hf://datasets/<owner>/<name>/<path>` (.txt, or .jsonl with a "text" field). The bundled texts:
+`wikitext2_valid` and `wikitext2_test`, the WikiText-2 validation and test splits (English Wikipedia prose), and
+`mixed`, 1.2 MB of three domains in equal shares interleaved in chunks of at most 4 KB: WikiText-2 validation
+prose, the Python reference documentation and Python standard-library source code (built once by
+scripts/build_mixed_calibration.py; mixed.sources.json records the source of every chunk).
 Hub files are read with the caller's token (private and gated datasets), retried on 5xx like model
 downloads, and refused before download when larger than `MAX_TEXT_BYTES`; any text that is binary
 (NUL bytes, not UTF-8) or too large is `invalid_argument`.
@@ -24,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from slimkit.errors import InvalidArgument
 from slimkit.hubio import DOWNLOAD_ATTEMPTS, RETRY_BASE_S, hub_errors, with_retries
 
-BUNDLED = {"wikitext2_valid", "wikitext2_test"}
+BUNDLED = {"wikitext2_valid", "wikitext2_test", "mixed"}  # the API lists the same names (app.schemas.BUNDLED_TEXTS)
 MAX_TEXT_BYTES = 256 * 2**20  # a calibration text beyond this is a mistake (a dataset dump, a binary file)
 
 
