@@ -9,6 +9,7 @@ before it (sequential error propagation, as in SliceGPT and IntraSlice).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,14 +47,30 @@ class LayerContext:
     device: torch.device
     dtype: torch.dtype
     batch_size: int
+    # Dense targets (`compensation_target = "dense"`): the uncompressed model's inputs to this layer and the
+    # layer as it was before compression. None: targets are the unpruned layer on the current inputs.
+    reference: torch.Tensor | None = None
+    dense_layer: SlimDecoderLayer | None = None
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """(x (b, T, d), valid (b, T) bool, additive attention mask or None) on the device."""
+        for x, _, valid, mask in self.paired_batches():
+            yield x, valid, mask
+
+    def paired_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """(x, x_ref, valid, mask): x_ref is the dense model's input for the same tokens (x itself without one)."""
         T = self.inputs.shape[1]
         for start in range(0, self.inputs.shape[0], self.batch_size):
             x = self.inputs[start : start + self.batch_size].to(self.device, self.dtype)
+            ref = x if self.reference is None else self.reference[start : start + self.batch_size]
             valid = self.token_mask[start : start + self.batch_size].to(self.device)
-            yield x, valid, attention_mask_for(valid, T, 0, self.config.sliding_window, self.dtype, self.device)
+            mask = attention_mask_for(valid, T, 0, self.config.sliding_window, self.dtype, self.device)
+            yield x, ref.to(self.device, self.dtype), valid, mask
+
+    @property
+    def target_layer(self) -> SlimDecoderLayer:
+        """The layer whose outputs the compensation fits: the dense one, or the current one."""
+        return self.layer if self.dense_layer is None else self.dense_layer
 
     @property
     def shape(self) -> Shape:
@@ -123,17 +140,17 @@ class BudgetLedger:
     def pay(self, params: int) -> None:
         self.removed += params
 
-    def mlp_ratio(self, target: float, mlp_params: int, width: int, limit: float = 0.9) -> float:
-        """The MLP ratio that settles the balance to the nearest `MLP_ROUND` channels, at most `limit`.
+    def mlp_ratio(self, target: float, mlp_params: int, width: int, limit: float = 0.9, step: int = MLP_ROUND) -> float:
+        """The MLP ratio that settles the balance to the nearest `step` channels, at most `limit`.
 
-        Returned as drop / width with drop a multiple of `MLP_ROUND`, which the MLP pruner maps back to
+        Returned as drop / width with drop a multiple of `step`, which the MLP pruner maps back to
         exactly that drop; `target` itself if it is 0.
         """
         if target <= 0:
             return target
         channels = (self.owed - self.removed) / mlp_params * width
-        drop = round(channels / MLP_ROUND) * MLP_ROUND
-        return min(max(drop, 0), int(limit * width) // MLP_ROUND * MLP_ROUND) / width
+        drop = round(channels / step) * step
+        return min(max(drop, 0), int(limit * width) // step * step) / width
 
 
 @torch.no_grad()
@@ -164,20 +181,35 @@ def compress_model(
     layers = model.model.layers
     ledger = BudgetLedger()
     bar = tqdm(range(len(layers)), desc=f"{method.name}", unit="layer", disable=not show_progress)
+    dense_targets = getattr(method, "compensation_target", "layer") == "dense"
+    reference = inputs.clone() if dense_targets else None  # the dense model's layer inputs
+    mlp_first = getattr(method, "order", "attention_first") == "mlp_first"
+    step = getattr(method, "mlp_step", MLP_ROUND)
     for i in bar:
         if should_cancel is not None and should_cancel():
             raise Cancelled(f"cancelled before layer {i}")
         layer = layers[i].to(device, compute_dtype)
         ctx = LayerContext(layer, i, config, inputs, token_mask, cos, sin, device, compute_dtype, batch_size)
+        if dense_targets:
+            ctx.reference, ctx.dense_layer = reference, layer
         a_params, m_params = attention_params(ctx.shape, config), mlp_params(ctx.shape, config)
-        attn = method.prune_attention(ctx, targets[i].attention)
-        ctx.layer = rebuild_layer(ctx, attn, store_dtype)
-        ledger.owe(targets[i].attention * a_params + targets[i].mlp * m_params)
-        ledger.pay(a_params - attention_params(attn.shape, config))
-        mlp_ratio = ledger.mlp_ratio(targets[i].mlp, m_params, ctx.shape["intermediate_size"])
+        if not mlp_first:
+            attn = method.prune_attention(ctx, targets[i].attention)
+            ctx.layer = rebuild_layer(ctx, attn, store_dtype)
+            ledger.owe(targets[i].attention * a_params)
+            ledger.pay(a_params - attention_params(attn.shape, config))
+        ledger.owe(targets[i].mlp * m_params)
+        mlp_ratio = ledger.mlp_ratio(targets[i].mlp, m_params, ctx.shape["intermediate_size"], step=step)
         mlp = method.prune_mlp(ctx, mlp_ratio)
         ctx.layer = rebuild_layer(ctx, mlp, store_dtype)
         ledger.pay(m_params - mlp_params(mlp.shape, config))
+        if mlp_first:  # ablation: the MLP compressed through the unpruned attention, attention second
+            attn = method.prune_attention(ctx, targets[i].attention)
+            ctx.layer = rebuild_layer(ctx, attn, store_dtype)
+            ledger.owe(targets[i].attention * a_params)
+            ledger.pay(a_params - attention_params(attn.shape, config))
+        if reference is not None:
+            reference = run_layer(dataclasses.replace(ctx, inputs=reference, reference=None), layer)
         inputs = run_layer(ctx, ctx.layer)
         layers[i] = ctx.layer.to("cpu", store_dtype)
         reports.append(

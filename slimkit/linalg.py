@@ -42,12 +42,12 @@ def solve_ridge(A: torch.Tensor, B: torch.Tensor, ridge: float) -> torch.Tensor:
 
 
 def nystrom_compensation(
-    W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, ridge: float | None = None
+    W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, ridge: float | None = None, frac: float = DAMP
 ) -> torch.Tensor:
     """P2: the W' minimising E‖W h − W' h_S‖² for a consumer W (out × I) of inputs h with moment H.
 
-    W' = W[:, S] + W[:, R] · B with Bᵀ = (H_SS + δI)^{-1} H_SR: δ = 1 % of the mean diagonal, or the
-    absolute `ridge` (ridge least squares, FlattenGPT). Everything float64.
+    W' = W[:, S] + W[:, R] · B with Bᵀ = (H_SS + δI)^{-1} H_SR: δ = `frac` of the mean diagonal of H_SS
+    (1 % by default), or the absolute `ridge` (ridge least squares, FlattenGPT). Everything float64.
     """
     mask = torch.zeros(H.shape[0], dtype=torch.bool, device=H.device)
     mask[keep] = True
@@ -55,7 +55,7 @@ def nystrom_compensation(
     if drop.numel() == 0:
         return W[:, keep].clone()
     A, B = H[keep][:, keep], H[keep][:, drop]
-    Bt = solve_psd(A, B) if ridge is None else solve_ridge(A, B, ridge)  # (K, R)
+    Bt = solve_psd(A, B, frac) if ridge is None else solve_ridge(A, B, ridge)  # (K, R)
     return W[:, keep] + W[:, drop] @ Bt.T
 
 

@@ -13,6 +13,7 @@ from slimkit.layerwise import LayerTarget, compress_model
 from slimkit.loading import load_source
 from slimkit.methods import WIDTH_METHODS, method_for
 from slimkit.methods.head_plan import plan_for_budget, search_plan
+from slimkit.methods.intraslice import IntraSlice, IntraSliceOptions
 from slimkit.shapes import get_shapes, param_counts
 
 
@@ -98,3 +99,49 @@ def test_head_widths_stay_on_the_8_channel_grid_for_real_heads() -> None:
     for K in range(8 * 30, 8 * 64 + 1, 13):
         plan = plan_for_budget(K=K, counts=[K // 8] * 8, spectra_cum=cum, head_dim=64, kv_of=[i // 2 for i in range(8)])
         assert plan.width % 8 == 0 and 48 <= plan.width <= 64, (K, plan)
+
+
+def run_with(path: Path, method, ratio: float = 0.3, samples: int = 8, layers: int | None = None):
+    source = load_source(str(path))
+    batch = build_calibration(AutoTokenizer.from_pretrained(path), CalibrationSpec(samples=samples, seq_len=64))
+    n = source.model.config.num_hidden_layers if layers is None else layers
+    targets = [LayerTarget(ratio, ratio)] * n + [LayerTarget(0.0, 0.0)] * (source.model.config.num_hidden_layers - n)
+    reports = compress_model(
+        source.model, batch.input_ids, batch.attention_mask, method, targets, torch.device("cpu"), show_progress=False
+    )
+    return source.model, reports
+
+
+def test_dense_targets_equal_layer_targets_on_the_first_layer(tiny_llama_gqa: Path) -> None:
+    # Layer 0's attention sees the dense model's inputs either way, so both targets give it the same
+    # tensors; its MLP differs (the dense target is reached through the *unpruned* attention), and so does
+    # every later layer (the dense target also fits the error of the layers before).
+    layer, dense = (
+        run_with(tiny_llama_gqa, IntraSlice(options=IntraSliceOptions(compensation_target=t)))[0]
+        for t in ("layer", "dense")
+    )
+    first = layer.model.layers[0].state_dict()
+    for k, v in dense.model.layers[0].state_dict().items():
+        if k.startswith("self_attn."):
+            torch.testing.assert_close(v, first[k], rtol=1e-4, atol=1e-5)
+    down = "mlp.down_proj.weight"
+    assert not torch.allclose(dense.model.layers[0].state_dict()[down], first[down])
+    a, b = layer.model.layers[1].state_dict(), dense.model.layers[1].state_dict()
+    assert any(a[k].shape != b[k].shape or not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_free_head_widths_and_fine_mlp_steps(tiny_llama_gqa: Path) -> None:
+    options = IntraSliceOptions(head_step=2, mlp_step=1, damping=0.05, order="mlp_first")
+    model, reports = run_with(tiny_llama_gqa, IntraSlice(options=options))
+    dense = 2 * (2 * 128 * 128 + 2 * 128 * 32 + 3 * 128 * 256)
+    ratio = 1 - param_counts(model)["attention_mlp"] / dense
+    assert abs(ratio - 0.3) <= 3 * 128 / 2 / dense + 1e-9, (ratio, reports)  # within half an MLP channel
+    assert all(r["mlp_error_compensated"] < r["mlp_error_plain"] for r in reports)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"damping": 0.0}, {"mlp_step": 0}, {"compensation_target": "teacher"}, {"order": "random"}]
+)
+def test_intraslice_options_refuse_bad_values(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        IntraSliceOptions(**bad)

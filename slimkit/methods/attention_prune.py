@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from slimkit.layerwise import LayerContext, Replacement
-from slimkit.linalg import eigh_desc, reconstruction_error, solve_psd
+from slimkit.linalg import DAMP, eigh_desc, reconstruction_error, solve_psd
 from slimkit.methods.attention_stats import AttentionStats, collect_attention_stats, collect_masked_moments
 from slimkit.methods.head_plan import HeadPlan, pair_scores, search_plan
 from slimkit.shapes import attention_params
@@ -26,6 +26,8 @@ class AttentionRecipe:
     pair_scores: str  # "activation" | "weight"
     basis: str  # "pca" | "select"
     compensate: bool
+    damping: float = DAMP  # δ of the o_proj least squares, as a fraction of the mean diagonal
+    head_step: int | None = None  # head-width grid; None: automatic (`head_plan.width_step`)
 
 
 def _spectra(stats: AttentionStats, scores: torch.Tensor, n_h: int, width: int, basis: str) -> torch.Tensor:
@@ -78,6 +80,7 @@ def prune_attention(ctx: LayerContext, ratio: float, recipe: AttentionRecipe) ->
         config.hidden_size,
         config.attention_bias,
         config.attention_out_bias,
+        step=recipe.head_step,
     )
     k, kv_of = plan.width, shape["kv_index"]
 
@@ -120,7 +123,7 @@ def prune_attention(ctx: LayerContext, ratio: float, recipe: AttentionRecipe) ->
     if H_t is not None:
         report["error_plain"] = reconstruction_error(W_o, stats.H, W_plain, P, H_t, C)
     if recipe.compensate:
-        M = solve_psd(P.T @ H_t @ P, P.T @ C)  # (K_eff, D)
+        M = solve_psd(P.T @ H_t @ P, P.T @ C, recipe.damping)  # (K_eff, D)
         W_new = W_o @ M.T
         report["error_compensated"] = reconstruction_error(W_o, stats.H, W_new, P, H_t, C)
     else:

@@ -79,20 +79,22 @@ def collect_masked_moments(
     """Moments of the attention recomputed with pruned q/k channels and deleted heads (step 6).
 
     channel_mask: (nh, qk) 0/1 per query head (its KV group's kept RoPE pairs); head_mask: (nh,) 0/1.
-    Returns H̃ = Σ x̃ x̃ᵀ and C = Σ x̃ xᵀ, where x is the unmasked output: the least-squares target.
+    Returns H̃ = Σ x̃ x̃ᵀ and C = Σ x̃ xᵀ, where x is the least-squares target: the unmasked output on the
+    same inputs, or with dense targets the uncompressed layer's output on the dense model's inputs.
     The softmax scale is left at 1/√(original head width), exactly as the saved model computes it.
     """
-    attn = ctx.layer.self_attn
+    attn, ref = ctx.layer.self_attn, ctx.target_layer
     D = attn.num_heads * attn.v_head_dim
     H_t = torch.zeros(D, D, dtype=torch.float64, device=ctx.device)
     C = torch.zeros(D, D, dtype=torch.float64, device=ctx.device)
     cm = channel_mask.to(ctx.device, ctx.dtype)[None, :, None, :]  # (1, nh, 1, qk)
     hm = head_mask.to(ctx.device, ctx.dtype).repeat_interleave(attn.v_head_dim)  # (D,)
-    for x, valid, mask in ctx.batches():
-        u = ctx.layer.input_layernorm(x)
-        q, k, v = project(attn, u, ctx.cos, ctx.sin)
-        X = attend(q, k, v, mask, attn.scaling)[valid]
+    for x, x_ref, valid, mask in ctx.paired_batches():
+        q, k, v = project(attn, ctx.layer.input_layernorm(x), ctx.cos, ctx.sin)
         X_t = (attend(q * cm, k * cm, v, mask, attn.scaling) * hm)[valid]
+        if x_ref is not x:
+            q, k, v = project(ref.self_attn, ref.input_layernorm(x_ref), ctx.cos, ctx.sin)
+        X = attend(q, k, v, mask, attn.scaling)[valid]
         accumulate(H_t, X_t)
         accumulate(C, X_t, X)
     return H_t, C

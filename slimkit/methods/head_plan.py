@@ -32,8 +32,15 @@ class HeadPlan:
 MIN_WIDTH_FRAC = 0.75  # step (c): kept heads stay at least this fraction of their original width
 
 
-def width_step(head_dim: int) -> int:
-    """Granularity of a pruned head's width (see the module doc); always even, so RoPE pairs stay whole."""
+def width_step(head_dim: int, step: int | None = None) -> int:
+    """Granularity of a pruned head's width (see the module doc); always even, so RoPE pairs stay whole.
+
+    `step` overrides the automatic grid (2 = the paper's free even widths), where it divides the head.
+    """
+    if step is not None:
+        if step % 2 or head_dim % step:
+            raise ValueError(f"head width step {step} must be even and divide the head width {head_dim}")
+        return step
     return 8 if head_dim >= 32 and head_dim % 8 == 0 else 2
 
 
@@ -44,6 +51,7 @@ def plan_for_budget(
     head_dim: int,
     kv_of: list[int],
     min_width_frac: float = MIN_WIDTH_FRAC,
+    step: int | None = None,
 ) -> HeadPlan:
     n = len(counts)
     total = spectra_cum[:, -1].tolist()
@@ -70,7 +78,7 @@ def plan_for_budget(
         if K / (len(kept) - 1) > head_dim:
             break
         kept.remove(weakest)
-    step = width_step(head_dim)
+    step = width_step(head_dim, step)
     width = min(head_dim, max(step, round(K / len(kept) / step) * step))  # (d) on the width grid
     heads = tuple(sorted(kept))
     return HeadPlan(heads, width, tuple(sorted({kv_of[i] for i in heads})))
@@ -89,6 +97,7 @@ def search_plan(
     hidden: int,
     qkv_bias: bool,
     o_bias: bool,
+    step: int | None = None,
 ) -> HeadPlan:
     """The plan whose parameter count is closest to `target_params` over all channel budgets K."""
     n_h, d_h = spectra.shape
@@ -102,7 +111,7 @@ def search_plan(
             counts = [0] * n_h
             for h in head_of[:K]:
                 counts[h] += 1
-            plan = plan_for_budget(K, counts, spectra_cum, d_h, kv_of)
+            plan = plan_for_budget(K, counts, spectra_cum, d_h, kv_of, step=step)
             cache[K] = (plan, plan_params(plan, hidden, qkv_bias, o_bias))
         return cache[K]
 
