@@ -1,0 +1,156 @@
+"""IntraSlice quality ablations (issue 13): one configuration per call, perplexity on several domains.
+
+One call compresses SmolLM2-135M (`app.smollm2`) with IntraSlice under the given knobs and appends one
+JSON line to `--out`: achieved ratio, compression time, and perplexity on every evaluation text (64
+windows × 512 tokens each by default, fp32 on CPU — the yardstick of issue 13). `--dense` evaluates the
+uncompressed model instead. Held-out texts: WikiText-2 test (the calibration's domain when calibrating on
+WikiText-2), technical documentation (`bench/data/techdocs_eval.txt`) and licence texts
+(`bench/data/licenses_eval.txt`, a domain in no calibration set); see bench/data/README.md.
+
+    python -m bench.intraslice_ablation --ratio 0.3                              # today's default
+    python -m bench.intraslice_ablation --ratio 0.3 --head-step 2 --damping 0.1  # one ablation row
+    python -m bench.intraslice_ablation --dense
+    python -m bench.intraslice_ablation --table bench/results/ablation_cpu.jsonl  # markdown of the rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent / "data"
+EVAL_TEXTS = {
+    "wikitext2": "wikitext2_test",
+    "techdocs": str(DATA / "techdocs_eval.txt"),
+    "licenses": str(DATA / "licenses_eval.txt"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.intraslice_ablation", description=__doc__.splitlines()[0])
+    p.add_argument("--ratio", type=float, default=0.3)
+    p.add_argument("--allocation", default="uniform", help="uniform, global or global_pca")
+    p.add_argument("--calib", default="wikitext2_valid", help="calibration text (bundled name or file)")
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--damping", type=float, help="δ as a fraction of the mean diagonal (engine default if unset)")
+    p.add_argument("--head-step", type=int, help="head-width grid (2 = free even widths)")
+    p.add_argument("--mlp-step", type=int, help="MLP channels dropped in multiples of this")
+    p.add_argument("--compensation-target", choices=("layer", "dense"), help="what the least squares fit")
+    p.add_argument("--order", choices=("attention_first", "mlp_first"))
+    p.add_argument("--seed", type=int, default=0, help="calibration seed")
+    p.add_argument("--eval-windows", type=int, default=64, help="windows of 512 tokens per evaluation text")
+    p.add_argument("--dense", action="store_true", help="evaluate the uncompressed model")
+    p.add_argument("--label", help="row label (default: built from the knobs)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/ablation_cpu.jsonl"))
+    p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
+    return p.parse_args(argv)
+
+
+def knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that differ from the engine's defaults (what the row label shows)."""
+    names = ("damping", "head_step", "mlp_step", "compensation_target", "order")
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+def evaluate_all(model: Any, tokenizer: Any, windows_per_text: int) -> dict[str, float]:
+    from slimkit.evaluate import EvalSpec, eval_windows, perplexity
+
+    out = {}
+    for name, text in EVAL_TEXTS.items():
+        if text.startswith("/") and not Path(text).is_file():
+            continue
+        windows = eval_windows(tokenizer, EvalSpec(text, 512, windows_per_text * 512))
+        out[name] = round(perplexity(model, windows, _cpu()), 4)
+    return out
+
+
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers.utils import logging as hf_logging
+
+    from app.smollm2 import ensure_smollm2
+    from slimkit.api import CompressionRequest
+    from slimkit.calibration import CalibrationSpec, build_calibration
+    from slimkit.layerwise import compress_model
+    from slimkit.loading import load_source
+    from slimkit.methods.intraslice import IntraSlice, IntraSliceOptions
+    from slimkit.planning import choose_targets
+    from slimkit.shapes import param_counts
+    from slimkit.tokenizer_files import load_tokenizer
+
+    hf_logging.disable_progress_bar()
+    source = load_source(str(ensure_smollm2()))
+    tokenizer = load_tokenizer(source.path, source.config)
+    model = source.model
+    row: dict[str, Any] = {"label": args.label or ("dense" if args.dense else _label(args))}
+    if not args.dense:
+        start = time.perf_counter()
+        spec = CalibrationSpec(args.calib, args.samples, args.seq_len, args.seed)
+        calib = build_calibration(tokenizer, spec)
+        request = CompressionRequest(str(source.path), ratio=args.ratio, allocation=args.allocation, device="cpu")
+        targets, _, _ = choose_targets(request, model, calib, _cpu(), None, lambda *a: None)
+        before = param_counts(model)
+        method = IntraSlice(options=IntraSliceOptions(**knobs(args)))
+        compress_model(model, calib.input_ids, calib.attention_mask, method, targets, _cpu(), show_progress=False)
+        after = param_counts(model)
+        row |= {
+            "ratio": args.ratio,
+            "allocation": args.allocation,
+            "calibration": f"{Path(args.calib).name} {args.samples}x{args.seq_len} seed {args.seed}",
+            "knobs": knobs(args),
+            "removed_attention_mlp": round(1 - after["attention_mlp"] / before["attention_mlp"], 4),
+            "compression_time_s": round(time.perf_counter() - start, 1),
+        }
+    row["ppl"] = evaluate_all(model, tokenizer, args.eval_windows)
+    return row
+
+
+def _label(args: argparse.Namespace) -> str:
+    parts = [f"{args.allocation} {args.ratio}", Path(args.calib).stem]
+    if (args.samples, args.seq_len) != (64, 512):
+        parts.append(f"{args.samples}x{args.seq_len}")
+    if args.seed:
+        parts.append(f"seed {args.seed}")
+    parts += [f"{k}={v}" for k, v in knobs(args).items()]
+    return ", ".join(parts)
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    texts = [t for t in EVAL_TEXTS if any(t in r["ppl"] for r in rows)]
+    lines = [
+        "| run | removed attn+MLP | " + " | ".join(f"PPL {t}" for t in texts) + " | time (s) |",
+        "|---|---:|" + "---:|" * len(texts) + "---:|",
+    ]
+    for r in rows:
+        removed = f"{100 * r['removed_attention_mlp']:.1f} %" if "removed_attention_mlp" in r else "0"
+        ppl = " | ".join(f"{r['ppl'][t]:.2f}" if t in r["ppl"] else "–" for t in texts)
+        lines.append(f"| {r['label']} | {removed} | {ppl} | {r.get('compression_time_s', '–')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
+    row = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
