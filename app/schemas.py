@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # The engine's bundled calibration texts (slimkit.calibration.BUNDLED; a test checks they agree).
 BUNDLED_TEXTS = ("wikitext2_valid", "wikitext2_test", "mixed")
 ENGINE_METHODS = ("intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt")
+DEPTH_METHODS = ("flattengpt", "flattengpt-paper", "shortgpt")  # remove whole layers (no head widths)
 Method = Literal["intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt"]
 # Always used with fullmatch: `$` would also match before a trailing newline ("ns/name\n").
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
@@ -81,6 +82,15 @@ class Target(Strict):
         description="spread the pruning uniformly over layers, or by the (PCA-aware) Fisher estimator; "
         "default: uniform for a ratio, global_pca for a speed-up",
     )
+    head_step: int | None = Field(
+        None,
+        ge=2,
+        le=256,
+        multiple_of=2,
+        description="width methods with a ratio: kept attention heads' widths are multiples of this; default 2 "
+        "(free even widths, the best quality measured), 8 for the grid fused GPU attention kernels prefer. "
+        "Speed-up targets plan on the 8-channel grid and refuse this field",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Target:
@@ -88,6 +98,8 @@ class Target(Strict):
             raise ValueError("give exactly one of target.ratio or target.speedup")
         if self.workload is not None and self.speedup is None:
             raise ValueError("target.workload only applies to a speedup target")
+        if self.head_step is not None and self.speedup is not None:
+            raise ValueError("target.head_step only applies to a ratio target (a speedup plans on the 8-channel grid)")
         # Stored requests say what will run: defaults resolved here, not in the worker.
         if self.allocation is None:
             self.allocation = "uniform" if self.ratio is not None else "global_pca"
@@ -156,6 +168,14 @@ class JobCreate(Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     output: Output = Field(default_factory=Output)
+
+    @model_validator(mode="after")
+    def _head_step_for_width_methods(self) -> JobCreate:
+        if self.target.head_step is not None and self.method in DEPTH_METHODS:
+            raise ValueError(f"target.head_step does not apply to {self.method}, which removes whole layers")
+        if self.target.ratio is not None and self.method not in DEPTH_METHODS and self.target.head_step is None:
+            self.target.head_step = 2  # the stored request says what will run (the engine's ratio default)
+        return self
 
     @field_validator("model")
     @classmethod

@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--bias", type=float, help="estimator: MLP share of the pruning, λ_b (default 1; searched)")
     c.add_argument("--cap", type=float, default=0.8, help="estimator / speed-up: per-layer ratio cap")
     c.add_argument("--frac", type=int, help="estimator: importance blocks per head (default: one per 8-channel step)")
+    c.add_argument(
+        "--head-step",
+        type=int,
+        help="width methods: kept heads' widths are multiples of this (default 2 for a ratio: best quality; "
+        "8: the grid fused GPU attention kernels prefer; speed-up targets always use 8)",
+    )
     c.add_argument("--batch", type=int, default=1, help="speed-up workload: sequences per request")
     c.add_argument("--prompt-tokens", type=int, default=512, help="speed-up workload: prompt length")
     c.add_argument("--generated-tokens", type=int, default=0, help="speed-up workload: decode steps (0: prefill)")
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 bias=args.bias,
                 cap=args.cap,
                 frac=args.frac,
+                head_step=args.head_step,
                 latency_cache=args.latency_cache,
                 calibration=CalibrationSpec(args.calib_text, args.samples, args.seq_len, args.seed),
                 evaluation=None if args.no_eval else _eval_spec(args),

@@ -95,6 +95,10 @@ class LayerMethod(Protocol):
 
     def prune_mlp(self, ctx: LayerContext, ratio: float) -> Replacement: ...
 
+    def with_head_step(self, step: int) -> LayerMethod:
+        """The same method with kept heads' widths on a grid of `step` channels (2 = free even widths)."""
+        ...
+
 
 def rebuild_layer(ctx: LayerContext, replacement: Replacement, store_dtype: torch.dtype) -> SlimDecoderLayer:
     """A fresh layer of the new shape holding the old tensors overridden by the replacement's, cast once."""

@@ -49,6 +49,7 @@ def test_submit_returns_202_location_and_queues_a_message(client: TestClient, ma
     assert job["status"] == "queued" and job["revision"] == "main" and job["error"] is None
     assert job["request"]["calibration"]["samples"] == 64  # defaults are part of the stored request
     assert job["request"]["target"]["allocation"] == "uniform"
+    assert job["request"]["target"]["head_step"] == 2  # free even head widths for a ratio target
     assert broker.llen("gpu") == before + 1
 
 
@@ -72,6 +73,10 @@ def test_submit_returns_202_location_and_queues_a_message(client: TestClient, ma
         ({"output": {"repo_id": "no-namespace"}}, ["body", "output", "repo_id"]),
         ({"surprise": 1}, ["body", "surprise"]),
         ({"target": {"ratio": 0.3, "allocation": "magic"}}, ["body", "target", "allocation"]),
+        ({"target": {"ratio": 0.3, "head_step": 3}}, ["body", "target", "head_step"]),
+        ({"target": {"ratio": 0.3, "head_step": 0}}, ["body", "target", "head_step"]),
+        ({"target": {"speedup": 1.5, "head_step": 8}}, ["body", "target"]),
+        ({"method": "flattengpt", "target": {"ratio": 0.2, "head_step": 8}}, ["body"]),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client: TestClient, make_token, patch: dict, loc: list) -> None:
@@ -89,6 +94,7 @@ def test_speedup_target_is_accepted_with_its_defaults_resolved(client: TestClien
         "speedup": 1.5,
         "workload": {"batch": 1, "prompt_tokens": 512, "generated_tokens": 0},
         "allocation": "global_pca",
+        "head_step": None,
     }
     both = client.post("/jobs", json=BODY | {"target": {"speedup": 1.5, "ratio": 0.3}}, headers=auth(make_token()))
     assert "exactly one of target.ratio or target.speedup" in both.text

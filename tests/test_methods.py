@@ -145,3 +145,31 @@ def test_free_head_widths_and_fine_mlp_steps(tiny_llama_gqa: Path) -> None:
 def test_intraslice_options_refuse_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         IntraSliceOptions(**bad)
+
+
+def test_ratio_jobs_default_to_free_head_widths_and_record_the_grid(tiny_llama_gqa: Path, tmp_path: Path) -> None:
+    from slimkit import CompressionRequest, compress
+
+    calib = CalibrationSpec(samples=8, seq_len=64)
+    widths = {}
+    for step in (None, 8):
+        request = CompressionRequest(
+            str(tiny_llama_gqa), ratio=0.35, head_step=step, calibration=calib, evaluation=None, device="cpu"
+        )
+        record = compress(request, tmp_path / str(step), show_progress=False).record
+        assert record["recipe"]["head_step"] == (2 if step is None else 8)
+        widths[step] = [s["qk_head_dim"] for s in record["layer_shapes"]]
+    assert all(w % 8 == 0 for w in widths[8]), widths
+    assert any(w % 8 for w in widths[None]), widths  # a width off the 8-grid: the free grid was used
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"head_step": 3}, {"head_step": 8, "speedup": 1.3, "ratio": None}, {"head_step": 8, "method": "shortgpt"}],
+)
+def test_head_step_is_refused_where_it_does_not_apply(tiny_llama_gqa: Path, kwargs: dict) -> None:
+    from slimkit import CompressionRequest
+    from slimkit.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="head_step"):
+        CompressionRequest(**({"model": str(tiny_llama_gqa), "ratio": 0.3} | kwargs)).validate()

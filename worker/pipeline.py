@@ -150,6 +150,7 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
         speedup=target.get("speedup"),
         workload=Workload(**target["workload"]) if target.get("workload") else Workload(),
         allocation=target.get("allocation"),
+        head_step=target.get("head_step"),
         latency_cache=str(get_settings().work_dir / "latency-cache"),
         calibration=calibration,
         evaluation=evaluation,

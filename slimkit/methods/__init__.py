@@ -27,10 +27,14 @@ DEPTH_METHODS: dict[str, DepthMethod] = {
 METHODS: dict[str, LayerMethod | DepthMethod] = {**WIDTH_METHODS, **DEPTH_METHODS}
 
 
-def method_for(name: str) -> LayerMethod | DepthMethod:
+def method_for(name: str, head_step: int | None = None) -> LayerMethod | DepthMethod:
+    """The registered method; for a width method with `head_step`, a copy on that head-width grid."""
     if name not in METHODS:
         raise InvalidArgument(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    method = METHODS[name]
+    if head_step is not None and name in WIDTH_METHODS:
+        return method.with_head_step(head_step)
+    return method
 
 
 def is_depth_method(name: str) -> bool:

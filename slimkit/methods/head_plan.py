@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from slimkit.errors import InvalidArgument
+
 
 @dataclass(frozen=True)
 class HeadPlan:
@@ -38,8 +40,8 @@ def width_step(head_dim: int, step: int | None = None) -> int:
     `step` overrides the automatic grid (2 = the paper's free even widths), where it divides the head.
     """
     if step is not None:
-        if step % 2 or head_dim % step:
-            raise ValueError(f"head width step {step} must be even and divide the head width {head_dim}")
+        if step < 2 or step % 2 or head_dim % step:
+            raise InvalidArgument(f"head_step {step} must be even and divide the head width {head_dim}")
         return step
     return 8 if head_dim >= 32 and head_dim % 8 == 0 else 2
 

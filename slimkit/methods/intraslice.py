@@ -11,7 +11,7 @@ defaults are the measured best, and every non-default value is recorded in the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slimkit.layerwise import LayerContext, Replacement
 from slimkit.linalg import DAMP
@@ -56,6 +56,9 @@ class IntraSlice:
             damping=self.options.damping,
             head_step=self.options.head_step,
         )
+
+    def with_head_step(self, step: int) -> IntraSlice:
+        return IntraSlice(self.compensate, replace(self.options, head_step=step))
 
     def prune_attention(self, ctx: LayerContext, ratio: float) -> Replacement:
         return prune_attention(ctx, ratio, self.recipe)

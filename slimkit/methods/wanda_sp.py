@@ -14,7 +14,12 @@ from slimkit.methods.mlp_prune import prune_mlp
 
 class WandaSP:
     name = "wanda-sp"
-    recipe = AttentionRecipe(pair_scores="weight", basis="select", compensate=False)
+
+    def __init__(self, head_step: int | None = None) -> None:
+        self.recipe = AttentionRecipe(pair_scores="weight", basis="select", compensate=False, head_step=head_step)
+
+    def with_head_step(self, step: int) -> WandaSP:
+        return WandaSP(step)
 
     def prune_attention(self, ctx: LayerContext, ratio: float) -> Replacement:
         return prune_attention(ctx, ratio, self.recipe)
