@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compensation-target", choices=("layer", "dense"), help="what the least squares fit")
     p.add_argument("--order", choices=("attention_first", "mlp_first"))
     p.add_argument("--seed", type=int, default=0, help="calibration seed")
+    p.add_argument("--no-compensation", action="store_true", help="intraslice-nocomp: no least squares")
+    p.add_argument("--dtype", help="load (and store) the weights in this dtype, e.g. float32 (default: bfloat16)")
     p.add_argument("--eval-windows", type=int, default=64, help="windows of 512 tokens per evaluation text")
     p.add_argument("--dense", action="store_true", help="evaluate the uncompressed model")
     p.add_argument("--label", help="row label (default: built from the knobs)")
@@ -89,10 +91,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from slimkit.tokenizer_files import load_tokenizer
 
     hf_logging.disable_progress_bar()
-    source = load_source(str(ensure_smollm2()))
+    import torch
+
+    source = load_source(str(ensure_smollm2()), dtype=getattr(torch, args.dtype) if args.dtype else None)
     tokenizer = load_tokenizer(source.path, source.config)
     model = source.model
+    from bench.common import command_line, git_commit
+
     row: dict[str, Any] = {"label": args.label or ("dense" if args.dense else _label(args))}
+    row |= {"command": command_line("bench.intraslice_ablation"), "git_commit": git_commit()}
     if not args.dense:
         start = time.perf_counter()
         spec = CalibrationSpec(args.calib, args.samples, args.seq_len, args.seed)
@@ -100,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         request = CompressionRequest(str(source.path), ratio=args.ratio, allocation=args.allocation, device="cpu")
         targets, _, _ = choose_targets(request, model, calib, _cpu(), None, lambda *a: None)
         before = param_counts(model)
-        method = IntraSlice(options=IntraSliceOptions(**knobs(args)))
+        method = IntraSlice(compensate=not args.no_compensation, options=IntraSliceOptions(**knobs(args)))
         compress_model(model, calib.input_ids, calib.attention_mask, method, targets, _cpu(), show_progress=False)
         after = param_counts(model)
         row |= {
@@ -121,7 +128,8 @@ def _label(args: argparse.Namespace) -> str:
         parts.append(f"{args.samples}x{args.seq_len}")
     if args.seed:
         parts.append(f"seed {args.seed}")
-    parts += [f"{k}={v}" for k, v in knobs(args).items()]
+    parts += [f"{k}={v}" for k, v in knobs(args).items()] + (["no compensation"] if args.no_compensation else [])
+    parts += [f"weights {args.dtype}"] if args.dtype else []
     return ", ".join(parts)
 
 
