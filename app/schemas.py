@@ -110,8 +110,9 @@ class Target(Strict):
 
 class Calibration(Strict):
     dataset: str | None = Field(
-        "wikitext2_valid",
-        description="a bundled text (wikitext2_valid: WikiText-2 prose; mixed: prose, Python docs and Python code in "
+        "mixed",
+        description="a bundled text (mixed, the default: prose, Python docs and Python code in equal shares, so the "
+        "model does not overfit one domain; wikitext2_valid: WikiText-2 prose only"
         "equal shares) or hf://datasets/<owner>/<name>/<file>",
     )
     text: str | None = Field(

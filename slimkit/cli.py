@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from slimkit.api import CompressionRequest, compress
-from slimkit.calibration import CalibrationSpec
+from slimkit.calibration import DEFAULT_CALIBRATION_TEXT, CalibrationSpec
 from slimkit.devices import resolve_device
 from slimkit.errors import SlimError
 from slimkit.estimator import VARIANTS
@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--generated-tokens", type=int, default=0, help="speed-up workload: decode steps (0: prefill)")
     c.add_argument("--latency-cache", help="folder of cached latency profiles (default ~/.cache/slimkit/latency)")
     c.add_argument("--revision")
-    c.add_argument("--calib-text", default="wikitext2_valid", help="file, wikitext2_valid, mixed, or hf://datasets/...")
+    c.add_argument(
+        "--calib-text",
+        default=DEFAULT_CALIBRATION_TEXT,
+        help="file, mixed (default: prose, docs and code), wikitext2_valid, or hf://datasets/...",
+    )
     c.add_argument("--samples", type=int, default=64)
     c.add_argument("--seq-len", type=int, default=512)
     c.add_argument("--seed", type=int, default=0)

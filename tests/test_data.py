@@ -30,7 +30,7 @@ def test_calibration_is_seeded_and_recorded() -> None:
     assert a.input_ids.shape == (4, 32) and torch.equal(a.input_ids, b.input_ids)
     assert not torch.equal(a.input_ids, c.input_ids)
     assert bool(a.attention_mask.all())
-    assert a.provenance["text"] == "wikitext2_valid" and a.provenance["calibration_tokens"] == 128
+    assert a.provenance["text"] == "mixed" and a.provenance["calibration_tokens"] == 128  # the default text
 
 
 def test_short_text_is_padded_and_masked(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def test_intraslice_beats_its_ablation_and_the_baseline(smollm2: Path, tmp_path:
                 method=method,
                 ratio=0.3,
                 device="cpu",
-                calibration=CalibrationSpec(samples=16, seq_len=256),
+                calibration=CalibrationSpec("wikitext2_valid", samples=16, seq_len=256),  # evaluated on WikiText-2
                 evaluation=EvalSpec(seq_len=256, max_tokens=8192, dense=i == 0),
             ),
             tmp_path / method,

@@ -30,6 +30,7 @@ from app import outputs
 from app.models import Job, JobStatus
 from app.settings import get_settings
 from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, compress
+from slimkit.calibration import DEFAULT_CALIBRATION_TEXT
 from slimkit.errors import Cancelled, SlimError
 from slimkit.latency.workload import Workload
 from worker import card, claim, hub, reload_check
@@ -134,7 +135,7 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
         calib_source, label = str(text_file), f"inline text supplied with the job (sha256 `{digest}`)"
         record_name = f"inline:sha256:{digest}"
     else:
-        calib_source = cal.get("dataset") or "wikitext2_valid"
+        calib_source = cal.get("dataset") or DEFAULT_CALIBRATION_TEXT
     calibration = CalibrationSpec(
         calib_source, cal.get("samples", 64), cal.get("seq_len", 512), cal.get("seed", 0), label=record_name
     )
