@@ -169,7 +169,7 @@ def weak_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("variant", ["global", "global_pca"])
 def test_an_unimportant_layer_gets_a_higher_mlp_ratio(weak_llama: Path, variant: str) -> None:
     model = load_source(str(weak_llama)).model
-    calib = CalibrationSpec(samples=8, seq_len=64)
+    calib = CalibrationSpec("wikitext2_valid", samples=8, seq_len=64)  # the ranking is text-dependent: pin it
     targets = estimate_layer_targets(model, make_tokenizer(), RATIO, variant, calib, device="cpu").targets
     assert targets[1].mlp > targets[0].mlp and targets[1].mlp > targets[2].mlp, targets
     assert targets[1].mlp == pytest.approx(CAP, abs=8 / 512)  # all its channels rank last: it hits the cap
