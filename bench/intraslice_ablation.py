@@ -3,11 +3,13 @@
 One call compresses SmolLM2-135M (`app.smollm2`) with IntraSlice under the given knobs and appends one
 JSON line to `--out`: achieved ratio, compression time, and perplexity on every evaluation text (64
 windows × 512 tokens each by default, fp32 on CPU — the yardstick of issue 13). `--dense` evaluates the
-uncompressed model instead. Held-out texts: WikiText-2 test (the calibration's domain when calibrating on
+uncompressed model instead. Knobs not given keep `IntraSliceOptions`' defaults — note the 8-channel head
+grid: the engine's default for a ratio target is `--head-step 2` (README, "IntraSlice quality").
+Held-out texts: WikiText-2 test (the calibration's domain when calibrating on
 WikiText-2), technical documentation (`bench/data/techdocs_eval.txt`) and licence texts
 (`bench/data/licenses_eval.txt`, a domain in no calibration set); see bench/data/README.md.
 
-    python -m bench.intraslice_ablation --ratio 0.3                              # today's default
+    python -m bench.intraslice_ablation --ratio 0.3 --head-step 2 --calib mixed  # the engine's defaults
     python -m bench.intraslice_ablation --ratio 0.3 --head-step 2 --damping 0.1  # one ablation row
     python -m bench.intraslice_ablation --dense
     python -m bench.intraslice_ablation --table bench/results/ablation_cpu.jsonl  # markdown of the rows
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.intraslice_ablation", description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--allocation", default="uniform", help="uniform, global or global_pca")
-    p.add_argument("--calib", default="wikitext2_valid", help="calibration text (bundled name or file)")
+    p.add_argument("--calib", default="wikitext2_valid", help="calibration text (default: the issue's yardstick)")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--damping", type=float, help="δ as a fraction of the mean diagonal (engine default if unset)")
