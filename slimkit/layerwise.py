@@ -157,6 +157,18 @@ class BudgetLedger:
         return min(max(drop, 0), int(limit * width) // step * step) / width
 
 
+def compress_attention(
+    method: LayerMethod, ctx: LayerContext, ratio: float, ledger: BudgetLedger, store_dtype: torch.dtype
+) -> Replacement:
+    """Compress the layer's attention in place (ctx.layer is rebuilt) and book its target and removal."""
+    before = attention_params(ctx.shape, ctx.config)
+    attn = method.prune_attention(ctx, ratio)
+    ctx.layer = rebuild_layer(ctx, attn, store_dtype)
+    ledger.owe(ratio * before)
+    ledger.pay(before - attention_params(attn.shape, ctx.config))
+    return attn
+
+
 @torch.no_grad()
 def compress_model(
     model: SlimForCausalLM,
@@ -196,22 +208,16 @@ def compress_model(
         ctx = LayerContext(layer, i, config, inputs, token_mask, cos, sin, device, compute_dtype, batch_size)
         if dense_targets:
             ctx.reference, ctx.dense_layer = reference, layer
-        a_params, m_params = attention_params(ctx.shape, config), mlp_params(ctx.shape, config)
+        m_params = mlp_params(ctx.shape, config)
         if not mlp_first:
-            attn = method.prune_attention(ctx, targets[i].attention)
-            ctx.layer = rebuild_layer(ctx, attn, store_dtype)
-            ledger.owe(targets[i].attention * a_params)
-            ledger.pay(a_params - attention_params(attn.shape, config))
+            attn = compress_attention(method, ctx, targets[i].attention, ledger, store_dtype)
         ledger.owe(targets[i].mlp * m_params)
         mlp_ratio = ledger.mlp_ratio(targets[i].mlp, m_params, ctx.shape["intermediate_size"], step=step)
         mlp = method.prune_mlp(ctx, mlp_ratio)
         ctx.layer = rebuild_layer(ctx, mlp, store_dtype)
         ledger.pay(m_params - mlp_params(mlp.shape, config))
         if mlp_first:  # ablation: the MLP compressed through the unpruned attention, attention second
-            attn = method.prune_attention(ctx, targets[i].attention)
-            ctx.layer = rebuild_layer(ctx, attn, store_dtype)
-            ledger.owe(targets[i].attention * a_params)
-            ledger.pay(a_params - attention_params(attn.shape, config))
+            attn = compress_attention(method, ctx, targets[i].attention, ledger, store_dtype)
         if reference is not None:
             reference = run_layer(dataclasses.replace(ctx, inputs=reference, reference=None), layer)
         inputs = run_layer(ctx, ctx.layer)
