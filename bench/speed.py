@@ -9,9 +9,12 @@ perplexity evaluation does). After warm-up, dense and compressed runs alternate 
 times; the medians are reported with the speed-up = median dense time / median compressed time.
 KV-cache bytes per token come from the configs. Without `--compressed`, the script first compresses the
 dense model (`--method` intraslice, `--ratio` 0.3, 64 × 512 calibration, no evaluation) into a temp dir.
+`--slim-dense` instead writes the *uncompressed* model in the slim format: the speed-up is then the slim
+modeling file's overhead against stock Llama at identical shapes (1.00× = parity).
 
     python -m bench.speed                          # -> bench/results/speed.{json,md}
     python -m bench.speed --compressed out/smol-30 --device cuda --dtype bfloat16 --out-prefix speed_cuda
+    python -m bench.speed --slim-dense --out-prefix slim_dense_parity_cpu
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from transformers import AutoModelForCausalLM, PreTrainedConfig
 from app.smollm2 import ensure_smollm2
 from bench.common import command_line, environment, header_lines, write_results
 from slimkit import CalibrationSpec, CompressionRequest, compress
-from slimkit.export import RECIPE_FILE, load_compressed
+from slimkit.export import RECIPE_FILE, load_compressed, save_compressed
+from slimkit.loading import load_source
 from slimkit.modeling.modeling_slim import SlimConfig
 from slimkit.shapes import kv_cache_bytes_per_token
 
@@ -40,6 +44,7 @@ from slimkit.shapes import kv_cache_bytes_per_token
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.splitlines()[0])
     p.add_argument("--compressed", type=Path, help="a compressed output folder (default: compress one first)")
+    p.add_argument("--slim-dense", action="store_true", help="compare with the dense model in the slim format")
     p.add_argument("--method", default="intraslice", help="method when compressing here")
     p.add_argument("--ratio", type=float, default=0.3, help="ratio when compressing here")
     p.add_argument("--samples", type=int, default=64, help="calibration windows when compressing here")
@@ -151,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     dense_dir = ensure_smollm2()
     with tempfile.TemporaryDirectory(prefix="slimkit-speed-") as tmp:
         compressed_dir = args.compressed
-        if compressed_dir is None:
+        if args.slim_dense:
+            source = load_source(str(dense_dir))
+            compressed_dir = Path(tmp) / "slim-dense"
+            recipe = {"recipe": {"method": "none (dense)", "ratio": 0}}
+            save_compressed(source.model, source, compressed_dir, recipe, fmt="slim")
+        elif compressed_dir is None:
             start = time.perf_counter()
             compressed_dir = make_compressed(dense_dir, args, Path(tmp) / "compressed")
             print(f"compressed {args.method} @ {args.ratio} in {time.perf_counter() - start:.0f} s", flush=True)

@@ -4,7 +4,9 @@
   (e.g. nothing removed, or uniform whole-head removal): the source `config.json` with updated sizes and
   the family's own tensor names (Phi-3 weights re-fused). Loads with plain `from_pretrained`.
 - Otherwise the slim format: `SlimConfig` (with `per_layer_config`) + `modeling_slim.py` via `auto_map`,
-  loaded with `trust_remote_code=True`.
+  loaded with `trust_remote_code=True`. Its config lists every layer's shape and keeps at top level only
+  what all layers share (`published_config`): no tool reading the top level sees a dense width the model
+  does not have.
 Both are safetensors. The tokenizer is the source's, sanitised (`slimkit.tokenizer_files`: stock files only, no
 `auto_map`, no custom class names), so the only remote code an output ever points to is our `modeling_slim.py`.
 
@@ -14,6 +16,7 @@ Both are safetensors. The tokenizer is the source's, sanitised (`slimkit.tokeniz
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,42 @@ from slimkit.shapes import Shape, get_shapes
 from slimkit.tokenizer_files import copy_tokenizer, has_tokenizer, strip_auto_map
 
 __all__ = ["RECIPE_FILE", "load_compressed", "save_compressed", "write_compressed"]
+
+
+PER_LAYER_KEYS = (
+    "num_attention_heads",
+    "num_key_value_heads",
+    "qk_head_dim",
+    "v_head_dim",
+    "intermediate_size",
+    "kv_index",
+    "rope_index",
+)
+
+
+def published_config(config: SlimConfig) -> SlimConfig:
+    """The config as saved: a value all layers share is global, the others are listed for every layer.
+
+    In memory the engine keeps the dense source shape as the global values (its planning reads them); a
+    saved config must not, so the per-layer attributes that differ are absent from the top level (and
+    transformers refuses to read them there) and the ones that agree hold the layers' common value.
+    """
+    shapes = get_shapes(config)
+    saved = copy.deepcopy(config)
+    saved.per_layer_config = None
+    overrides: dict[int, dict[str, Any]] = {i: {} for i in range(len(shapes))}
+    for key in PER_LAYER_KEYS:
+        values = [shape[key] for shape in shapes]
+        if all(value == values[0] for value in values):
+            setattr(saved, key, values[0])
+        else:
+            for i, value in enumerate(values):
+                overrides[i][key] = value
+    if any(overrides.values()):
+        saved.per_layer_config = {i: layer for i, layer in overrides.items() if layer}
+    saved.allow_global_per_layer_attribute_access = False
+    saved.serialize_explicit_per_layer_config = True
+    return saved
 
 
 def uniform_stock_shape(config: SlimConfig) -> Shape | None:
@@ -133,7 +172,8 @@ def write_compressed(
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # serialising reads the global (dense) values on purpose
         try:
-            model.save_pretrained(folder)
+            model.save_pretrained(folder)  # weights, modeling file, auto_map (set on model.config here)
+            published_config(model.config).to_json_file(folder / "config.json")
         finally:
             hf_logging.set_verbosity(verbosity)
         fmt = "slim"

@@ -34,7 +34,7 @@ def deep_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 def flattened_reference(layers: list[SlimDecoderLayer], x: torch.Tensor, cos, sin) -> torch.Tensor:
     """Every block reads the group's input; attention outputs summed, then MLP outputs summed (§5.2)."""
-    h = x + sum(layer.self_attn(layer.input_layernorm(x), cos, sin, None) for layer in layers)
+    h = x + sum(layer.self_attn(layer.input_layernorm(x), cos, sin, None)[0] for layer in layers)
     return h + sum(layer.mlp(layer.post_attention_layernorm(h)) for layer in layers)
 
 

@@ -111,7 +111,7 @@ def mlp_moments(ctx: LayerContext, targets: torch.Tensor | None) -> tuple[torch.
     B = None if targets is None else torch.zeros(width, ctx.config.hidden_size, dtype=torch.float64, device=ctx.device)
     start = 0
     for x, valid, mask in ctx.batches():
-        h = x + layer.self_attn(layer.input_layernorm(x), ctx.cos, ctx.sin, mask)
+        h = x + layer.self_attn(layer.input_layernorm(x), ctx.cos, ctx.sin, mask)[0]
         u = layer.post_attention_layernorm(h)
         psi = (layer.mlp.act_fn(layer.mlp.gate_proj(u)) * layer.mlp.up_proj(u))[valid]
         accumulate(C, psi)

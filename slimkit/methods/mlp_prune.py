@@ -17,7 +17,7 @@ from slimkit.shapes import MLP_ROUND, mlp_params
 
 def down_inputs(layer: torch.nn.Module, x: torch.Tensor, ctx: LayerContext, mask: torch.Tensor | None):
     """a = act(gate(u)) ⊙ up(u), u = post_attention_layernorm(x + attention(x)): (b, T, I)."""
-    h = x + layer.self_attn(layer.input_layernorm(x), ctx.cos, ctx.sin, mask)
+    h = x + layer.self_attn(layer.input_layernorm(x), ctx.cos, ctx.sin, mask)[0]
     u = layer.post_attention_layernorm(h)
     return layer.mlp.act_fn(layer.mlp.gate_proj(u)) * layer.mlp.up_proj(u)
 

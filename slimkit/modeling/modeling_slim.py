@@ -13,10 +13,18 @@ What a pruned layer may look like, and why a stock Llama class cannot express it
 - its own MLP width (`intermediate_size`).
 The softmax scale stays 1/sqrt(original head_dim): pruning q/k channels must not rescale every logit.
 
-Per-layer values live in the standard `per_layer_config` of the config (transformers >= 5.23); the
-global values are those of the dense source model. RoPE cos/sin are computed once per forward at the
-original head width with the source model's own RoPE variant (default, llama3, longrope, ...), and each
-layer gathers the columns its heads kept.
+Per-layer values live in the standard `per_layer_config` of the config (transformers >= 5.23). In memory
+(while compressing) the global values are those of the dense source model; a saved config lists every
+layer's shape and keeps at top level only what all layers share, so nothing reading the top level gets a
+dense width that the model does not have (transformers refuses ambiguous reads of per-layer attributes).
+`head_dim` is the original head width (RoPE frequencies, softmax scale); the kept widths are `qk_head_dim`
+and `v_head_dim`. RoPE cos/sin are computed once per forward at the original head width with the source
+model's own RoPE variant (default, llama3, longrope, ...), and each layer gathers the columns its heads
+kept; layers that kept everything in order (with even GQA groups) take the stock path, so a dense-shaped
+slim model runs like stock Llama.
+
+Like stock models it supports gradient checkpointing, `output_hidden_states`, `output_attentions` (eager
+attention) and `attn_implementation` "eager", "sdpa" or any kernel transformers registers (flash attention).
 """
 
 from __future__ import annotations
@@ -31,8 +39,13 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 @strict
@@ -73,6 +86,13 @@ class SlimConfig(PreTrainedConfig):
         if self.rope_parameters is None:
             self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
         super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.is_heterogeneous and not self.allow_global_per_layer_attribute_access:
+            for key in self.per_layer_attributes:  # they differ between layers: no global value to show
+                out.pop(key, None)
+        return out
 
 
 def layer_shape(config: SlimConfig, layer_idx: int) -> dict[str, Any]:
@@ -147,18 +167,35 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def eager_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax(q kᵀ · scale + mask) v in plain matmuls, returning the weights: (B, nh, T, v), (B, nh, T, S)."""
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    if mask is not None:
+        scores = scores + mask
+    elif q.shape[2] > 1:  # plain causal (no cache, no padding): the mask was left to SDPA's own causal path
+        S, T = k.shape[2], q.shape[2]
+        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, v), weights
+
+
 class SlimAttention(nn.Module):
     """Multi-head attention with per-KV-head RoPE columns, uneven GQA groups and a fixed softmax scale."""
 
     def __init__(self, config: SlimConfig, layer_idx: int) -> None:
         super().__init__()
         shape = layer_shape(config, layer_idx)
+        self.config = config  # read at call time: `_attn_implementation` may change after loading
         self.layer_idx = layer_idx
         self.num_heads = shape["num_attention_heads"]
         self.num_kv_heads = shape["num_key_value_heads"]
         self.qk_head_dim = shape["qk_head_dim"]
         self.v_head_dim = shape["v_head_dim"]
         self.scaling = config.head_dim**-0.5
+        self.is_causal = True  # read by transformers' attention kernels
         d, qk, v = config.hidden_size, self.qk_head_dim, self.v_head_dim
         self.q_proj = nn.Linear(d, self.num_heads * qk, bias=config.attention_bias)
         self.k_proj = nn.Linear(d, self.num_kv_heads * qk, bias=config.attention_bias)
@@ -166,36 +203,82 @@ class SlimAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * v, d, bias=config.attention_out_bias)
         # Column j of KV head g rotates like column rope_cols[g, j] of the original head.
         half = config.head_dim // 2
-        self.index_values = {
-            "rope_cols": [list(r) + [i + half for i in r] for r in shape["rope_index"]],
-            "kv_index": shape["kv_index"],
-        }
+        rope_cols = [list(r) + [i + half for i in r] for r in shape["rope_index"]]
+        self.index_values = {"rope_cols": rope_cols, "kv_index": shape["kv_index"]}
         for name, value in self.index_values.items():
             self.register_buffer(name, torch.tensor(value, dtype=torch.long), persistent=False)
+        # Fast paths (why: a dense-shaped layer must cost what a stock Llama layer costs): every KV head keeps
+        # all frequencies in order -> cos/sin broadcast without a gather; even, contiguous GQA groups -> the
+        # kernel shares each KV head across its group instead of copying it per query head.
+        self.rope_identity = all(cols == list(range(config.head_dim)) for cols in rope_cols)
+        group = self.num_heads // self.num_kv_heads
+        self.even_groups = self.num_heads % self.num_kv_heads == 0 and shape["kv_index"] == [
+            i // group for i in range(self.num_heads)
+        ]
+        self.num_key_value_groups = 1  # k and v reach the kernels already expanded to one per query head
+
+    def rotate(
+        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE on q (B, nh, T, qk) and k (B, nkv, T, qk) with each KV head's kept frequencies."""
+        if self.rope_identity:
+            cos_q = cos_k = cos[:, None]  # (B, 1, T, d_h)
+            sin_q = sin_k = sin[:, None]
+        else:
+            cos_k = cos[:, :, self.rope_cols].permute(0, 2, 1, 3)  # (B, nkv, T, qk)
+            sin_k = sin[:, :, self.rope_cols].permute(0, 2, 1, 3)
+            cos_q, sin_q = cos_k[:, self.kv_index], sin_k[:, self.kv_index]
+        return q * cos_q + rotate_half(q) * sin_q, k * cos_k + rotate_half(k) * sin_k
+
+    def expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, nkv, S, *) -> (B, nh, S, *): each query head's own KV head."""
+        if self.even_groups:
+            group = self.num_heads // self.num_kv_heads
+            return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return k[:, self.kv_index], v[:, self.kv_index]
 
     def forward(
         self,
         x: torch.Tensor,  # (B, T, d)
         cos: torch.Tensor,  # (B, T, d_h) at the original head width
         sin: torch.Tensor,
-        mask: torch.Tensor | None,  # additive (B, 1, T, S) or None for plain causal
+        mask: torch.Tensor | None,  # eager/sdpa: additive (B, 1, T, S) or None for plain causal; else 2-D padding
         past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the output (B, T, d) and, with eager attention, the weights (B, nh, T, S)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.qk_head_dim).transpose(1, 2)  # (B, nh, T, qk)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.qk_head_dim).transpose(1, 2)  # (B, nkv, T, qk)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.v_head_dim).transpose(1, 2)  # (B, nkv, T, v)
-        cos_kv = cos[:, :, self.rope_cols].permute(0, 2, 1, 3)  # (B, nkv, T, qk)
-        sin_kv = sin[:, :, self.rope_cols].permute(0, 2, 1, 3)
-        k = k * cos_kv + rotate_half(k) * sin_kv
-        q = q * cos_kv[:, self.kv_index] + rotate_half(q) * sin_kv[:, self.kv_index]
+        q, k = self.rotate(q, k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
-        k, v = k[:, self.kv_index], v[:, self.kv_index]  # (B, nh, S, *): each query head's own KV head
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scaling
-        )  # (B, nh, T, v)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.v_head_dim))
+        implementation = self.config._attn_implementation or "sdpa"
+        weights = None
+        if implementation == "sdpa" and self.even_groups:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None and T > 1,
+                scale=self.scaling,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )  # (B, nh, T, v)
+        elif implementation == "sdpa":
+            k, v = self.expand_kv(k, v)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scaling
+            )
+        elif implementation == "eager":
+            out, weights = eager_attention(q, *self.expand_kv(k, v), mask, self.scaling)
+        else:  # a kernel transformers registers (flash attention, flex): (B, T, nh, v) out
+            kernel = ALL_ATTENTION_FUNCTIONS[implementation]
+            k, v = self.expand_kv(k, v)
+            window = self.config.sliding_window
+            out, _ = kernel(self, q, k, v, mask, dropout=0.0, scaling=self.scaling, sliding_window=window)
+            return self.o_proj(out.reshape(B, T, self.num_heads * self.v_head_dim)), None
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.v_head_dim)), weights
 
 
 class SlimMLP(nn.Module):
@@ -211,7 +294,7 @@ class SlimMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class SlimDecoderLayer(nn.Module):
+class SlimDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: SlimConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = SlimAttention(config, layer_idx)
@@ -221,14 +304,22 @@ class SlimDecoderLayer(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor,  # (B, T, d)
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key_values)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer output (B, T, d); with `output_attentions`, also the attention weights (eager only).
+
+        Pass `past_key_values` by keyword: under gradient checkpointing it is dropped (a recomputed forward
+        must not write the cache twice).
+        """
+        attn_out, weights = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key_values)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return (x, weights) if output_attentions else x
 
 
 def attention_mask_for(
@@ -259,9 +350,12 @@ class SlimPreTrainedModel(PreTrainedModel):
     config: SlimConfig
     config_class = SlimConfig
     base_model_prefix = "model"
+    supports_gradient_checkpointing = True
     _no_split_modules = ["SlimDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
+    _supports_flash_attn = True  # through transformers' registered kernels, when installed
+    _supports_flex_attn = True
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -289,6 +383,7 @@ class SlimModel(SlimPreTrainedModel):
         self.layers = nn.ModuleList(SlimDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = SlimRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = SlimRotaryEmbedding(config)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def forward(
@@ -299,22 +394,51 @@ class SlimModel(SlimPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        implementation = config._attn_implementation or "sdpa"
+        if output_attentions and implementation != "eager":
+            logger.warning_once(f"`{implementation}` attention returns no weights: use attn_implementation='eager'")
+            output_attentions = False
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # a recomputed layer must not write the cache twice
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + x.shape[1], device=x.device)[None]
         cos, sin = self.rotary_emb(x, position_ids)
-        mask = attention_mask_for(attention_mask, x.shape[1], past_len, self.config.sliding_window, x.dtype, x.device)
+        if implementation in ("eager", "sdpa"):
+            mask = attention_mask_for(attention_mask, x.shape[1], past_len, config.sliding_window, x.dtype, x.device)
+        else:  # transformers' kernels take the 2-D padding mask (None when nothing is padded)
+            mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+        hidden_states: tuple[torch.Tensor, ...] = ()
+        attentions: tuple[torch.Tensor, ...] = ()
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, past_key_values)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=past_key_values)
+            if output_hidden_states:
+                hidden_states += (x,)
+            out = layer(x, cos, sin, mask, past_key_values=past_key_values, output_attentions=output_attentions)
+            if output_attentions:
+                x, weights = out
+                attentions += (weights,)
+            else:
+                x = out
+        x = self.norm(x)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=(*hidden_states, x) if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
 
 
 class SlimForCausalLM(SlimPreTrainedModel, GenerationMixin):
@@ -336,16 +460,33 @@ class SlimForCausalLM(SlimPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+        out = self.model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            inputs_embeds,
+            use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             shift = logits[:, :-1].float().reshape(-1, logits.shape[-1])
             loss = F.cross_entropy(shift, labels[:, 1:].reshape(-1), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
 
 __all__ = ["SlimConfig", "SlimForCausalLM", "SlimModel", "SlimPreTrainedModel"]
