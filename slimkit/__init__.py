@@ -7,6 +7,7 @@ from slimkit.calibration import CalibrationSpec
 from slimkit.evaluate import EvalSpec
 from slimkit.latency import Workload
 from slimkit.layerwise import LayerTarget
+from slimkit.recovery import RecoverySpec
 
 __all__ = [
     "CalibrationSpec",
@@ -14,6 +15,7 @@ __all__ = [
     "CompressionResult",
     "EvalSpec",
     "LayerTarget",
+    "RecoverySpec",
     "Workload",
     "compress",
 ]

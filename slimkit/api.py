@@ -4,7 +4,8 @@
     result = compress(CompressionRequest(model="HuggingFaceTB/SmolLM2-135M", ratio=0.3), "out/smol-30")
 
 Stages: validate → load (safetensors only) → calibrate → evaluate dense → compress layer by layer →
-evaluate compressed → save → reload from disk and compare logits. Everything the result reports is
+evaluate compressed → [recover: distil from the dense model, kept only if held-out perplexity improves] →
+save → reload from disk and compare logits. Everything the result reports is
 also written to `compression.json` next to the weights.
 
 The output folder is checked before any work (`slimkit.outdir`: never the current directory or the source,
@@ -43,6 +44,7 @@ from slimkit.loading import load_source
 from slimkit.methods import is_depth_method, method_for
 from slimkit.outdir import check_out_dir, publish, staging
 from slimkit.planning import choose_targets, measure_achieved, prepare_speed
+from slimkit.recovery import RecoverySpec, recovery_stage, training_windows
 from slimkit.shapes import get_shapes, kv_cache_bytes_per_token, param_counts
 from slimkit.tokenizer_files import load_tokenizer
 
@@ -77,6 +79,7 @@ class CompressionRequest:
     verify: bool = True  # reload the saved folder and compare logits
     source_name: str | None = None  # how records name the source (e.g. the Hub id of a downloaded folder)
     source_revision: str | None = None  # the commit the folder was downloaded at
+    recovery: RecoverySpec | None = None  # distillation from the dense model after compression (None: one-shot)
 
     def target_ratio(self) -> float:
         return DEFAULT_RATIO if self.ratio is None else self.ratio
@@ -140,6 +143,12 @@ class CompressionRequest:
         if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise InvalidArgument(f"unknown dtype {self.dtype!r}")
         self.calibration.validate()
+        if self.recovery is not None:
+            self.recovery.validate()
+            if self.evaluation is None:
+                raise InvalidArgument("recovery needs an evaluation: it is kept only if held-out perplexity improves")
+            if (self.recovery.text or self.calibration.text) == self.evaluation.text:
+                raise InvalidArgument("the recovery text must not be the evaluation text (evaluation is held out)")
         resolve_device(self.device)
 
     def recipe(self) -> dict[str, Any]:
@@ -157,6 +166,8 @@ class CompressionRequest:
             recipe["speedup"] = {"target": self.speedup, "workload": self.workload.to_dict()}
         if self.resolved_allocation() != "uniform" or self.speedup is not None:
             recipe["estimator"] = {"bias": self.bias, "cap": self.cap, "frac": self.frac}
+        if self.recovery is not None:
+            recipe["recovery"] = self.recovery.recipe(calibration_recipe(self.calibration)["text"])
         return recipe
 
 
@@ -186,9 +197,11 @@ def compress(
     show_progress: bool = True,
     overwrite: bool = False,
     timer: WorkloadTimer = workload_seconds,
+    metric: Callable[[str, float], None] | None = None,
 ) -> CompressionResult:
     """Run the whole pipeline; `progress(stage, done, total)` is called as stages and layers advance.
 
+    metric: called with ("loss", value) after every recovery step (tokens done go through `progress`).
     overwrite: replace an earlier slimkit output at `out_dir` (anything else there is refused, never deleted).
     timer: times one workload run for a speed-up target (the real clock; tests plug in a cost model).
     """
@@ -208,9 +221,8 @@ def compress(
             clock = now
 
         notify("load", 0, 1)
-        source = load_source(
-            request.model, request.revision, getattr(torch, request.dtype) if request.dtype else None, token=token
-        )
+        source_dtype = getattr(torch, request.dtype) if request.dtype else None
+        source = load_source(request.model, request.revision, source_dtype, token=token)
         check_out_dir(out_dir, overwrite, protected=[source.path])
         tokenizer = load_tokenizer(source.path, source.config)  # stock classes only, never the source's code
         model = source.model
@@ -281,6 +293,32 @@ def compress(
             metrics["perplexity_after"] = perplexity(model, windows, device, request.evaluation.batch_size)
             metrics["evaluation"] = asdict(request.evaluation) | {"tokens": int(windows.numel())}
             lap("evaluate")
+        recovery = None
+        if request.recovery is not None:
+            spec, notify_loss = request.recovery, metric or (lambda name, value: None)
+            notify("recover", 0, spec.windows * spec.seq_len)
+            train = training_windows(tokenizer, spec, request.calibration.text, token=token)
+            if depth is not None:  # a merged group's output matches its last source layer
+                boundaries = [(j + 1, group[-1] + 1) for j, group in enumerate(depth["groups"])]
+            else:
+                boundaries = [(i, i) for i in range(1, model.config.num_hidden_layers + 1)]
+            recovery = recovery_stage(
+                model,
+                lambda: load_source(request.model, request.revision, source_dtype, token=token).model,
+                train,
+                windows,
+                spec,
+                device,
+                request.evaluation.batch_size,
+                metrics["perplexity_after"],
+                boundaries,
+                progress=lambda done, total, loss: (notify("recover", done, total), notify_loss("loss", loss)),
+                should_cancel=should_cancel,
+                show_progress=show_progress,
+            )
+            metrics["perplexity_compressed"] = metrics["perplexity_after"]  # before recovery
+            metrics["perplexity_after"] = min(recovery["perplexity_after"], recovery["perplexity_before"])
+            lap("recover")
         recipe = request.recipe()
         record = {
             "slimkit_version": __version__,
@@ -304,6 +342,7 @@ def compress(
             "allocation": allocation,
             "speedup": speedup,
             "depth": depth,
+            "recovery": recovery,
             "layers": layers,
             "metrics": metrics,
             "device": str(device),

@@ -22,6 +22,7 @@ from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 from slimkit.latency.workload import Workload
 from slimkit.methods import METHODS
+from slimkit.recovery import RecoverySpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,12 +71,40 @@ def _parser() -> argparse.ArgumentParser:
     _eval_args(c)
     c.add_argument("--no-eval", action="store_true", help="skip perplexity before/after")
     c.add_argument("--no-verify", action="store_true", help="skip the reload check")
+    _recovery_args(c)
 
     e = sub.add_parser("eval", help="perplexity of a model folder (compressed or not)")
     e.add_argument("model", type=Path)
     e.add_argument("--device", default="auto")
     _eval_args(e)
     return parser
+
+
+def _recovery_args(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group("recovery (distillation from the dense model after compression; off by default)")
+    r.add_argument("--recover-tokens", type=int, help="training-token budget, e.g. 65536 (turns recovery on)")
+    r.add_argument("--recover-text", help="what to train on (default: the calibration text; never --eval-text)")
+    r.add_argument("--recover-seq-len", type=int, default=512)
+    r.add_argument("--recover-batch", type=int, default=4, help="windows per optimizer step")
+    r.add_argument("--recover-lr", type=float, help="peak learning rate (default 5e-5 full, 1e-3 lora)")
+    r.add_argument("--recover-mode", choices=("full", "lora"), default="full")
+    r.add_argument("--recover-temperature", type=float, default=1.0)
+    r.add_argument("--recover-hidden-weight", type=float, default=0.0, help="weight of hidden-state matching")
+
+
+def _recovery_spec(args: argparse.Namespace) -> RecoverySpec | None:
+    if args.recover_tokens is None:
+        return None
+    return RecoverySpec(
+        tokens=args.recover_tokens,
+        text=args.recover_text,
+        seq_len=args.recover_seq_len,
+        batch_size=args.recover_batch,
+        lr=args.recover_lr,
+        mode=args.recover_mode,
+        temperature=args.recover_temperature,
+        hidden_weight=args.recover_hidden_weight,
+    )
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -116,6 +145,13 @@ def _summary(record: dict) -> str:
             f"layers       {depth['layers_before']} -> {depth['layers_after']} ({depth['removed_layers']} removed; "
             + (f"merged {merged})" if merged else "dropped the rest)")
         )
+    if record.get("recovery"):
+        rec = record["recovery"]
+        verdict = "kept" if rec["kept"] else "discarded: held-out perplexity got worse, pre-recovery weights kept"
+        lines.append(
+            f"recovery     {rec['tokens']:,} tokens in {rec['wall_s']:.0f}s, perplexity {rec['perplexity_before']:.3f} "
+            f"-> {rec['perplexity_after']:.3f} ({verdict})"
+        )
     if speed is not None:
         lines.append(
             f"speed-up     {speed['measured']:.2f}x measured (predicted {speed['predicted_speedup']:.2f}x, "
@@ -149,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 dtype=args.dtype,
                 batch_size=args.batch_size,
                 verify=not args.no_verify,
+                recovery=_recovery_spec(args),
             )
             result = compress(request, args.out, overwrite=args.overwrite)
             finished = True

@@ -26,12 +26,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
+from slimkit.calibration import CalibrationSpec, build_calibration
 from slimkit.errors import Cancelled, InvalidArgument
-from slimkit.evaluate import cast_parameters
+from slimkit.evaluate import cast_parameters, perplexity
 from slimkit.lora import add_adapters, merge_adapters
 
 MAX_TOKENS = 1 << 31
+WINDOWS_PER_DRAW = 4096  # the calibration builder's cap: larger budgets draw several seeds
 RecoveryProgress = Callable[[int, int, float], None]  # (tokens done, token budget, last loss)
 
 
@@ -131,6 +135,7 @@ def recover(
     boundaries: list[tuple[int, int]] | None = None,
     progress: RecoveryProgress | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    show_progress: bool = False,
 ) -> dict:
     """Train `student` in place towards `teacher` on the windows; returns what was done (tokens, time, losses).
 
@@ -162,6 +167,7 @@ def recover(
     use_hidden = spec.hidden_weight > 0 and bool(boundaries)
     losses: list[float] = []
     tokens_done, start = 0, time.perf_counter()
+    bar = tqdm(total=spec.windows * spec.seq_len, desc="recover", unit="tok", disable=not show_progress)
     try:
         for step in range(steps):
             if should_cancel is not None and should_cancel():
@@ -185,9 +191,12 @@ def recover(
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             tokens_done += int(mask.sum())
+            bar.update(int(mask.sum()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if progress is not None:
                 progress(tokens_done, spec.windows * spec.seq_len, losses[-1])
     finally:
+        bar.close()
         del optimizer
         if spec.gradient_checkpointing:
             student.activation_checkpointing_disable()
@@ -208,3 +217,49 @@ def recover(
         "loss_last": losses[-1] if losses else None,
         "loss_min": min(losses) if losses else None,
     }
+
+
+def training_windows(
+    tokenizer: PreTrainedTokenizerBase, spec: RecoverySpec, calibration_text: str, token: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of `spec.windows` random windows of the recovery text, drawn in chunks of seeds."""
+    ids, masks = [], []
+    for k, start in enumerate(range(0, spec.windows, WINDOWS_PER_DRAW)):
+        n = min(WINDOWS_PER_DRAW, spec.windows - start)
+        text = spec.text or calibration_text
+        batch = build_calibration(tokenizer, CalibrationSpec(text, n, spec.seq_len, spec.seed + 1000 * k), token)
+        ids.append(batch.input_ids)
+        masks.append(batch.attention_mask)
+    return torch.cat(ids), torch.cat(masks)
+
+
+def recovery_stage(
+    model: torch.nn.Module,
+    load_teacher: Callable[[], torch.nn.Module],
+    train: tuple[torch.Tensor, torch.Tensor],
+    eval_windows: torch.Tensor,
+    spec: RecoverySpec,
+    device: torch.device,
+    eval_batch_size: int,
+    perplexity_before: float,
+    boundaries: list[tuple[int, int]] | None = None,
+    progress: RecoveryProgress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Distil, evaluate on the held-out windows, and keep the result only if it is better.
+
+    `perplexity_before` is the compressed model's held-out perplexity; if recovery makes it worse, the
+    pre-recovery weights are put back and the record says so (`kept: false`).
+    """
+    snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    teacher = load_teacher()
+    try:
+        report = recover(model, teacher, *train, spec, device, boundaries, progress, should_cancel, show_progress)
+    finally:
+        del teacher
+    after = perplexity(model, eval_windows, device, eval_batch_size)
+    kept = after < perplexity_before
+    if not kept:
+        model.load_state_dict(snapshot)
+    return report | {"perplexity_before": perplexity_before, "perplexity_after": after, "kept": kept}

@@ -4,17 +4,24 @@ held-out windows, keep the student's shape, dtype and format, and stop cleanly w
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, compress
 from slimkit.errors import Cancelled, InvalidArgument
+from slimkit.evaluate import eval_windows, perplexity
+from slimkit.export import load_compressed
 from slimkit.layerwise import LayerTarget, compress_model
 from slimkit.loading import load_source
 from slimkit.lora import LoRALinear
 from slimkit.methods import method_for
 from slimkit.recovery import RecoverySpec, distillation_loss, hidden_loss, lr_factor, recover
+from slimkit.tokenizer_files import load_tokenizer
 
 VOCAB = 8192
 CPU = torch.device("cpu")
@@ -147,3 +154,75 @@ def test_cancel_stops_between_steps_and_leaves_no_adapters(tiny_llama_gqa: Path)
 def test_bad_specs_are_refused(field: str, value: object) -> None:
     with pytest.raises(InvalidArgument, match=field.split("_")[0]):
         RecoverySpec(**{field: value}).validate()
+
+
+def test_compress_with_recovery_records_and_keeps_only_an_improvement(tiny_llama_gqa: Path, tmp_path: Path) -> None:
+    request = CompressionRequest(
+        model=str(tiny_llama_gqa),
+        ratio=0.4,
+        calibration=CalibrationSpec("mixed", samples=8, seq_len=64),
+        evaluation=EvalSpec("mixed", seq_len=64, max_tokens=1024, dense=False),
+        recovery=RecoverySpec(tokens=4096, seq_len=64, batch_size=4, lr=3e-4, seed=5),  # trains on "mixed"
+    )
+    with pytest.raises(InvalidArgument, match="evaluation text"):
+        compress(request, tmp_path / "refused", show_progress=False)  # would train on the held-out text
+    assert not (tmp_path / "refused").exists()
+    request.evaluation = EvalSpec("wikitext2_test", seq_len=64, max_tokens=1024, dense=False)
+    stages: list[str] = []
+    losses: list[float] = []
+    result = compress(
+        request,
+        tmp_path / "out",
+        progress=lambda stage, done, total: stages.append(stage),
+        metric=lambda name, value: losses.append(value),
+        show_progress=False,
+    )
+    rec, metrics = result.record["recovery"], result.record["metrics"]
+    assert "recover" in stages and len(losses) == rec["steps"] == 16 and rec["tokens"] == 4096
+    assert result.record["recipe"]["recovery"]["tokens"] == 4096
+    assert rec["perplexity_before"] == metrics["perplexity_compressed"]
+    if rec["kept"]:
+        assert metrics["perplexity_after"] == rec["perplexity_after"] < rec["perplexity_before"]
+    else:
+        assert metrics["perplexity_after"] == rec["perplexity_before"]
+    reloaded = load_source(str(tiny_llama_gqa))  # the output still loads, with the compressed shape
+    assert result.record["params_after"]["total"] < sum(p.numel() for p in reloaded.model.parameters())
+
+
+def test_recovery_that_hurts_is_discarded(tiny_llama_gqa: Path, tmp_path: Path) -> None:
+    """A learning rate far too high ruins the student: the pipeline must put the pre-recovery weights back."""
+    request = CompressionRequest(
+        model=str(tiny_llama_gqa),
+        ratio=0.4,
+        calibration=CalibrationSpec("wikitext2_valid", samples=8, seq_len=64),
+        evaluation=EvalSpec("wikitext2_test", seq_len=64, max_tokens=1024, dense=False),
+        recovery=RecoverySpec(tokens=1024, seq_len=64, batch_size=4, lr=0.5, warmup=0.0, schedule="constant"),
+    )
+    result = compress(request, tmp_path / "out", show_progress=False)
+    rec = result.record["recovery"]
+    assert rec["kept"] is False and rec["perplexity_after"] > rec["perplexity_before"]
+    assert result.record["metrics"]["perplexity_after"] == rec["perplexity_before"]
+    source = load_source(str(tiny_llama_gqa))  # the saved weights are the pre-recovery ones
+    windows = eval_windows(load_tokenizer(source.path, source.config), request.evaluation)
+    again = perplexity(load_compressed(tmp_path / "out"), windows, CPU)
+    assert again == pytest.approx(rec["perplexity_before"], rel=1e-3)
+
+
+def test_cli_recovery_flags(tiny_llama_gqa: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [str(tiny_llama_gqa), "--out", str(out), "--ratio", "0.4", "--samples", "8", "--seq-len", "64"]
+    args += ["--eval-seq-len", "64", "--eval-max-tokens", "512", "--no-verify"]
+    args += ["--recover-tokens", "512", "--recover-seq-len", "64", "--recover-mode", "lora", "--recover-lr", "1e-3"]
+    run = subprocess.run(
+        [sys.executable, "-m", "slimkit.cli", "compress", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0, run.stderr
+    assert "recovery     512 tokens" in run.stdout
+    assert "recover" in run.stderr  # the progress bar, with the loss
+    record = json.loads((out / "compression.json").read_text())
+    assert record["recipe"]["recovery"]["mode"] == "lora" and record["recovery"]["tokens"] == 512
