@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # The engine's bundled calibration texts (slimkit.calibration.BUNDLED; a test checks they agree).
 BUNDLED_TEXTS = ("wikitext2_valid", "wikitext2_test", "mixed")
+EVALUATION_TEXT = "wikitext2_test"  # the engine's EvalSpec default, which the service evaluates on
 ENGINE_METHODS = ("intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt")
 DEPTH_METHODS = ("flattengpt", "flattengpt-paper", "shortgpt")  # remove whole layers (no head widths)
 Method = Literal["intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt"]
@@ -49,6 +50,17 @@ def revision_problem(value: str) -> str | None:
     if any(part.startswith(".") or part.endswith(".lock") for part in value.split("/")):
         return "no part may start with '.' or end with '.lock'"
     return None
+
+
+def known_dataset(value: str | None) -> str | None:
+    """A bundled text name or an hf://datasets/<owner>/<name>/<file> path (None passes)."""
+    if (
+        value is not None
+        and value not in BUNDLED_TEXTS
+        and not (value.startswith("hf://datasets/") and value.count("/") >= 5)
+    ):
+        raise ValueError(f"use {', '.join(BUNDLED_TEXTS)} or hf://datasets/<owner>/<name>/<file>")
+    return value
 
 
 class Strict(BaseModel):
@@ -127,19 +139,41 @@ class Calibration(Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str | None) -> str | None:
-        if (
-            value is not None
-            and value not in BUNDLED_TEXTS
-            and not (value.startswith("hf://datasets/") and value.count("/") >= 5)
-        ):
-            raise ValueError(f"use {', '.join(BUNDLED_TEXTS)} or hf://datasets/<owner>/<name>/<file>")
-        return value
+        return known_dataset(value)
 
 
 class Evaluation(Strict):
     perplexity: bool = True
     max_tokens: int = Field(65536, ge=64, le=10_000_000)
     seq_len: int = Field(512, ge=8, le=32768)
+
+
+class Recovery(Strict):
+    """Distillation from the dense model after compression (slimkit.recovery); kept only if it helps."""
+
+    tokens: int = Field(ge=1, le=2**31, description="training-token budget (rounded up to whole windows)")
+    dataset: str | None = Field(
+        None,
+        description="what to train on: a bundled text or hf://datasets/<owner>/<name>/<file>; default: the "
+        "calibration text. Never the evaluation text (wikitext2_test): evaluation stays held out",
+    )
+    seq_len: int = Field(512, ge=8, le=32768)
+    batch_size: int = Field(4, ge=1, le=1024, description="windows per optimizer step")
+    lr: float | None = Field(None, gt=0, le=1, description="peak learning rate (default 5e-5 full, 1e-3 lora)")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="after a linear warm-up")
+    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps")
+    temperature: float = Field(1.0, gt=0, le=100, description="distillation temperature")
+    hidden_weight: float = Field(0.0, ge=0, le=1000, description="weight of hidden-state matching (0: logits only)")
+    mode: Literal["full", "lora"] = Field("full", description="train every weight, or LoRA adapters merged back")
+    lora_rank: int = Field(16, ge=1, le=1024)
+    lora_alpha: float = Field(32.0, gt=0, le=10000)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        if value == EVALUATION_TEXT:
+            raise ValueError(f"{EVALUATION_TEXT} is the evaluation text: recovery must not train on it")
+        return known_dataset(value)
 
 
 class Output(Strict):
@@ -168,7 +202,14 @@ class JobCreate(Strict):
     target: Target
     calibration: Calibration = Field(default_factory=Calibration)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    recovery: Recovery | None = Field(None, description="distil from the dense model after compressing (default off)")
     output: Output = Field(default_factory=Output)
+
+    @model_validator(mode="after")
+    def _recovery_needs_evaluation(self) -> JobCreate:
+        if self.recovery is not None and not self.evaluation.perplexity:
+            raise ValueError("recovery needs evaluation.perplexity: it is kept only if held-out perplexity improves")
+        return self
 
     @model_validator(mode="after")
     def _head_step_for_width_methods(self) -> JobCreate:
@@ -207,6 +248,9 @@ class Progress(BaseModel):
     layer: int | None = None
     layers: int | None = None
     fraction: float | None = None
+    tokens: int | None = Field(None, description="recovery: training tokens done")
+    tokens_total: int | None = Field(None, description="recovery: the token budget")
+    loss: float | None = Field(None, description="recovery: the last step's distillation loss")
 
 
 class JobOut(BaseModel):

@@ -312,7 +312,7 @@ def compress(
                 request.evaluation.batch_size,
                 metrics["perplexity_after"],
                 boundaries,
-                progress=lambda done, total, loss: (notify("recover", done, total), notify_loss("loss", loss)),
+                progress=lambda done, total, loss: (notify_loss("loss", loss), notify("recover", done, total)),
                 should_cancel=should_cancel,
                 show_progress=show_progress,
             )

@@ -77,6 +77,13 @@ def test_submit_returns_202_location_and_queues_a_message(client: TestClient, ma
         ({"target": {"ratio": 0.3, "head_step": 0}}, ["body", "target", "head_step"]),
         ({"target": {"speedup": 1.5, "head_step": 8}}, ["body", "target"]),
         ({"method": "flattengpt", "target": {"ratio": 0.2, "head_step": 8}}, ["body"]),
+        ({"recovery": {"tokens": 0}}, ["body", "recovery", "tokens"]),
+        ({"recovery": {}}, ["body", "recovery", "tokens"]),
+        ({"recovery": {"tokens": 4096, "dataset": "wikitext2_test"}}, ["body", "recovery", "dataset"]),
+        ({"recovery": {"tokens": 4096, "dataset": "my-file.txt"}}, ["body", "recovery", "dataset"]),
+        ({"recovery": {"tokens": 4096, "mode": "qlora"}}, ["body", "recovery", "mode"]),
+        ({"recovery": {"tokens": 4096, "lr": 2}}, ["body", "recovery", "lr"]),
+        ({"recovery": {"tokens": 4096}, "evaluation": {"perplexity": False}}, ["body"]),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client: TestClient, make_token, patch: dict, loc: list) -> None:
@@ -164,3 +171,23 @@ def test_api_method_list_matches_the_engine() -> None:
     from slimkit.methods import METHODS
 
     assert set(ENGINE_METHODS) == set(METHODS)
+
+
+def test_recovery_is_stored_with_its_defaults(client: TestClient, make_token) -> None:
+    body = BODY | {"recovery": {"tokens": 65536, "mode": "lora"}}
+    r = client.post("/jobs", json=body, headers=auth(make_token()))
+    assert r.status_code == 202, r.text
+    assert r.json()["request"]["recovery"] == {
+        "tokens": 65536,
+        "dataset": None,
+        "seq_len": 512,
+        "batch_size": 4,
+        "lr": None,
+        "schedule": "cosine",
+        "warmup": 0.05,
+        "temperature": 1.0,
+        "hidden_weight": 0.0,
+        "mode": "lora",
+        "lora_rank": 16,
+        "lora_alpha": 32.0,
+    }

@@ -366,3 +366,20 @@ def test_killed_worker_child_job_completes_once(client: TestClient, headers, wor
     assert len(commits) == 1, commits
     log = worker.log.read_text()
     assert log.count(f"job {job['id']} succeeded") == 1 and f"job {job['id']} is not queued" in log
+
+
+def test_job_with_recovery_reports_it(client: TestClient, headers, worker, sources) -> None:
+    """A depth method with distillation and hidden-state matching (merged groups matched to their last layer)."""
+    from huggingface_hub import ModelCard
+
+    recovery = {"tokens": 1024, "seq_len": 64, "batch_size": 4, "hidden_weight": 0.5, "dataset": "wikitext2_valid"}
+    job = submit(client, headers, sources["deep"], method="flattengpt", target={"ratio": 0.25}, recovery=recovery)
+    done = wait_for(client, headers, job["id"], finished, timeout=240)
+    assert done["status"] == "succeeded", done["error"]
+    rec = done["result"]["recovery"]
+    assert rec["tokens"] == 1024 and rec["steps"] == 4 and isinstance(rec["kept"], bool)
+    assert done["result"]["perplexity_after"] == min(rec["perplexity_before"], rec["perplexity_after"])
+    assert "recover" in done["stage_timings"]
+    card = ModelCard.load(done["result"]["repo_id"])
+    assert "## Recovery" in card.text and "| Training tokens | 1,024 |" in card.text
+    assert "`wikitext2_valid`" in card.text

@@ -250,6 +250,56 @@ def test_card_front_matter_and_body(compressed, monkeypatch) -> None:
     assert "not measured" in no_eval and "trust_remote_code" not in no_eval and "from inline text" in no_eval
 
 
+def test_card_reports_recovery(compressed) -> None:
+    from worker.card import render
+
+    record = json.loads((compressed.out_dir / "compression.json").read_text())
+    recipe = record["recipe"] | {"recovery": {"mode": "lora", "temperature": 2.0, "lr": 1e-3, "text": "mixed"}}
+    recovery = {"tokens": 65536, "wall_s": 321.0, "perplexity_before": 40.5, "perplexity_after": 31.25, "kept": True}
+    text = render({**record, "recipe": recipe, "recovery": recovery}, "t/m", None, "a/b")
+    assert "## Recovery" in text and "| Training tokens | 65,536 |" in text and "| Wall time | 321 s |" in text
+    assert "| Perplexity after recovery | 31.250 |" in text and "kept: held-out perplexity improved" in text
+    assert "lora training, KL at temperature 2.0" in text and "`mixed`" in text
+    worse = render({**record, "recipe": recipe, "recovery": recovery | {"kept": False}}, "t/m", None, "a/b")
+    assert "**discarded**" in worse
+    assert "## Recovery" not in render(record, "t/m", None, "a/b")
+
+
+def test_recovery_body_becomes_the_engine_spec() -> None:
+    from slimkit import RecoverySpec
+    from worker.pipeline import recovery_spec
+
+    assert recovery_spec(None) is None
+    spec = recovery_spec({"tokens": 4096, "dataset": "wikitext2_valid", "mode": "lora", "lr": None})
+    assert spec == RecoverySpec(tokens=4096, text="wikitext2_valid", mode="lora")
+    spec.validate()
+
+
+def test_recovery_progress_carries_tokens_and_loss(backend: str) -> None:
+    from worker.claim import claim
+    from worker.pipeline import Tracker
+
+    job_id = new_job()
+    assert claim(job_id, "w1/1")
+    tracker = Tracker(job_id, "w1/1", min_interval_s=3600)
+    tracker.engine_metric("loss", 1.2345678)
+    tracker.engine_progress("recover", 512, 2048)
+    assert row(job_id).progress == {
+        "stage": "recover",
+        "layer": None,
+        "layers": None,
+        "fraction": 0.25,
+        "tokens": 512,
+        "tokens_total": 2048,
+        "loss": 1.234568,
+    }
+    tracker.engine_metric("loss", 0.5)
+    tracker.engine_progress("recover", 1024, 2048)  # throttled: within the interval
+    assert row(job_id).progress["tokens"] == 512
+    tracker.engine_progress("recover", 2048, 2048)  # the last step is always written
+    assert row(job_id).progress["tokens"] == 2048 and row(job_id).progress["loss"] == 0.5
+
+
 def test_reload_check_in_a_fresh_process(compressed, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 

@@ -78,6 +78,27 @@ def _quality(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + protocol
 
 
+def _recovery(recovery: dict[str, Any], recipe: dict[str, Any]) -> str:
+    spec = recipe.get("recovery") or {}
+    verdict = (
+        "kept: held-out perplexity improved"
+        if recovery["kept"]
+        else "**discarded**: held-out perplexity got worse, so the pre-recovery weights were kept"
+    )
+    return (
+        "| Recovery | Value |\n|---|---:|\n"
+        f"| Training tokens | {recovery['tokens']:,} |\n"
+        f"| Wall time | {recovery['wall_s']:.0f} s |\n"
+        f"| Perplexity before recovery | {recovery['perplexity_before']:.3f} |\n"
+        f"| Perplexity after recovery | {recovery['perplexity_after']:.3f} |\n\n"
+        f"After compression the model was distilled from the base model ({spec.get('mode', '?')} training, "
+        f"KL at temperature {spec.get('temperature', '?')}"
+        + (f" plus hidden-state matching × {spec['hidden_weight']}" if spec.get("hidden_weight") else "")
+        + f", learning rate {spec.get('lr', '?')}, {spec.get('schedule', '?')} schedule) on windows of "
+        f"`{spec.get('text', '?')}`, never on the evaluation text. Result: {verdict}."
+    )
+
+
 def _structure(depth: dict[str, Any] | None) -> str:
     if depth is None:
         return (
@@ -179,9 +200,10 @@ def render(
         )
     if record.get("speedup"):
         parts += ["## Speed", _speed(record["speedup"])]
+    parts += ["## Quality", _quality(record.get("metrics", {}))]
+    if record.get("recovery"):
+        parts += ["## Recovery", _recovery(record["recovery"], recipe)]
     parts += [
-        "## Quality",
-        _quality(record.get("metrics", {})),
         "## Calibration data",
         _calibration(record.get("calibration", {}), calibration_label),
         "## How to load it",

@@ -129,10 +129,11 @@ def set_progress(
     layer: int | None = None,
     layers: int | None = None,
     fraction: float | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> bool:
     """Current stage and position within it; also extends the lease (progress is proof of life)."""
     lease = timedelta(seconds=get_settings().lease_s)
-    progress = {"stage": stage, "layer": layer, "layers": layers, "fraction": fraction}
+    progress = {"stage": stage, "layer": layer, "layers": layers, "fraction": fraction} | (extra or {})
     with _session() as session:
         now = db_now(session)
         done = session.execute(

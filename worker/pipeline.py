@@ -29,7 +29,7 @@ import torch
 from app import outputs
 from app.models import Job, JobStatus
 from app.settings import get_settings
-from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, compress
+from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, RecoverySpec, compress
 from slimkit.calibration import DEFAULT_CALIBRATION_TEXT
 from slimkit.errors import Cancelled, SlimError
 from slimkit.latency.workload import Workload
@@ -65,17 +65,24 @@ class Tracker:
     timings: dict[str, float] = field(default_factory=dict)
     _stage: str | None = field(default=None, init=False)
     _written_at: float = field(default=0.0, init=False)
+    _loss: float | None = field(default=None, init=False)
 
     def check_cancel(self) -> None:
         if claim.cancel_requested(self.job_id):
             raise Cancelled(f"cancelled by the owner during {self._stage or 'start-up'}")
 
     def progress(
-        self, stage: str, layer: int | None = None, layers: int | None = None, fraction: float | None = None
+        self,
+        stage: str,
+        layer: int | None = None,
+        layers: int | None = None,
+        fraction: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """Write progress when the stage changes, on the last layer, or at most once per `min_interval_s`.
 
-        `fraction` of the stage done defaults to layer / layers (0 for stages without steps).
+        `fraction` of the stage done defaults to layer / layers (0 for stages without steps); `extra` adds
+        stage-specific fields (recovery: tokens, tokens_total, loss).
         """
         now = time.monotonic()
         changed = stage != self._stage
@@ -83,7 +90,7 @@ class Tracker:
         if changed or last_layer or now - self._written_at >= self.min_interval_s:
             if fraction is None:
                 fraction = layer / layers if layer is not None and layers else 0.0
-            if not claim.set_progress(self.job_id, self.worker, stage, layer, layers, round(fraction, 4)):
+            if not claim.set_progress(self.job_id, self.worker, stage, layer, layers, round(fraction, 4), extra):
                 raise LeaseLost(self.job_id)
             self._written_at = now
         self._stage = stage
@@ -94,8 +101,18 @@ class Tracker:
             self.check_cancel()
         if stage == "compress":  # layer i of N
             self.progress(stage, done, total)
+        elif stage == "recover":  # training tokens of the budget, with the last step's loss
+            if done == total:  # the last step is written whatever the throttle says
+                self._written_at = float("-inf")
+            extra = {"tokens": done, "tokens_total": total, "loss": self._loss}
+            self.progress(stage, fraction=done / total if total else 0.0, extra=extra)
         else:  # e.g. the gradient pass (`estimate`: windows done) or the latency profile (widths timed)
             self.progress(stage, fraction=done / total if total else 0.0)
+
+    def engine_metric(self, name: str, value: float) -> None:
+        """The engine's per-step numbers; recovery reports its loss just before the step's progress."""
+        if name == "loss":
+            self._loss = round(value, 6)
 
     def enter_push(self) -> None:
         """Start pushing, atomically with the API's cancel: after this, a cancel is refused (409), not ignored."""
@@ -155,11 +172,20 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
         latency_cache=str(get_settings().work_dir / "latency-cache"),
         calibration=calibration,
         evaluation=evaluation,
+        recovery=recovery_spec(body.get("recovery")),
         verify=False,  # the fresh-process check below replaces the engine's in-process one
         source_name=job.model,
         source_revision=sha,
     )
     return request, label
+
+
+def recovery_spec(body: dict[str, Any] | None) -> RecoverySpec | None:
+    """The engine's recovery spec for the API's `recovery` object (its `dataset` is the engine's `text`)."""
+    if body is None:
+        return None
+    fields = dict(body)
+    return RecoverySpec(text=fields.pop("dataset", None), **fields)
 
 
 def run_pipeline(job: Job, worker: str, tracker: Tracker | None = None) -> dict[str, Any]:
@@ -189,6 +215,7 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
         request,
         out_dir,
         progress=tracker.engine_progress,
+        metric=tracker.engine_metric,
         should_cancel=claim_cancel(tracker),
         token=settings.hub_write_token(),  # a private or gated hf://datasets/... calibration file
         show_progress=False,
@@ -241,6 +268,7 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
         "perplexity_before": metrics.get("perplexity_before"),
         "perplexity_after": metrics.get("perplexity_after"),
         "evaluation": metrics.get("evaluation"),
+        "recovery": record.get("recovery"),  # tokens, wall_s, losses, perplexity before/after, kept
         "recipe_sha256": record["recipe_sha256"],
         "reload_check": verified,
         "stage_timings_s": dict(tracker.timings),
