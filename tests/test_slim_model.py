@@ -143,6 +143,8 @@ def test_eager_and_sdpa_agree_but_run_different_kernels(slim_output: Path, monke
     assert all(torch.allclose(a.sum(-1), torch.ones(())) for a in eager.attentions)  # rows are distributions
     valid = mask.bool()
     assert float((eager.logits - sdpa.logits)[valid].abs().max()) <= 1e-4
+    with pytest.raises(ValueError, match="flex_attention"):  # not implemented: refused, never silently sdpa
+        load(slim_output, attn_implementation="flex_attention")
 
 
 def test_trainer_with_gradient_checkpointing(slim_output: Path, tmp_path: Path) -> None:

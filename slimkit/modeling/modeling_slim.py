@@ -24,7 +24,7 @@ kept; layers that kept everything in order (with even GQA groups) take the stock
 slim model runs like stock Llama.
 
 Like stock models it supports gradient checkpointing, `output_hidden_states`, `output_attentions` (eager
-attention) and `attn_implementation` "eager", "sdpa" or any kernel transformers registers (flash attention).
+attention) and `attn_implementation` "eager", "sdpa" or the flash-attention kernels transformers registers.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class SlimAttention(nn.Module):
             )
         elif implementation == "eager":
             out, weights = eager_attention(q, *self.expand_kv(k, v), mask, self.scaling)
-        else:  # a kernel transformers registers (flash attention, flex): (B, T, nh, v) out
+        else:  # a flash-attention kernel transformers registers: 2-D padding mask in, (B, T, nh, v) out
             kernel = ALL_ATTENTION_FUNCTIONS[implementation]
             k, v = self.expand_kv(k, v)
             window = self.config.sliding_window
@@ -354,8 +354,7 @@ class SlimPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SlimDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
-    _supports_flash_attn = True  # through transformers' registered kernels, when installed
-    _supports_flex_attn = True
+    _supports_flash_attn = True  # through transformers' registered flash kernels, when installed
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -419,7 +418,7 @@ class SlimModel(SlimPreTrainedModel):
         cos, sin = self.rotary_emb(x, position_ids)
         if implementation in ("eager", "sdpa"):
             mask = attention_mask_for(attention_mask, x.shape[1], past_len, config.sliding_window, x.dtype, x.device)
-        else:  # transformers' kernels take the 2-D padding mask (None when nothing is padded)
+        else:  # transformers' flash kernels take the 2-D padding mask (None when nothing is padded)
             mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
         hidden_states: tuple[torch.Tensor, ...] = ()
         attentions: tuple[torch.Tensor, ...] = ()
