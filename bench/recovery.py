@@ -56,14 +56,6 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, windows: int) -> dict[str, 
     }
 
 
-def boundaries(out: Path) -> list[tuple[int, int]]:
-    """(student, teacher) hidden-state indices that match, as the pipeline pairs them."""
-    record = json.loads((out / "compression.json").read_text())
-    if record.get("depth"):
-        return [(j + 1, group[-1] + 1) for j, group in enumerate(record["depth"]["groups"])]
-    return [(i, i) for i in range(1, len(record["layer_shapes"]) + 1)]
-
-
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = [
@@ -91,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from slimkit import CalibrationSpec, CompressionRequest, compress
     from slimkit.export import load_compressed
     from slimkit.loading import load_source
-    from slimkit.recovery import RecoverySpec, recover, training_windows
+    from slimkit.recovery import RecoverySpec, layer_boundaries, recover, training_windows
     from slimkit.tokenizer_files import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -128,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             if budget:
                 teacher = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
                 ids, mask = training_windows(tokenizer, spec, args.text)
-                report = recover(student, teacher, ids, mask, spec, CPU, boundaries(out), show_progress=True)
+                record = json.loads((out / "compression.json").read_text())
+                groups = record["depth"]["groups"] if record.get("depth") else None
+                pairs = layer_boundaries(student.config.num_hidden_layers, groups)
+                report = recover(student, teacher, ids, mask, spec, CPU, pairs, show_progress=True)
                 del teacher
             row = {
                 "label": f"{args.method} {args.ratio}, {budget} tokens {args.mode}",

@@ -44,7 +44,7 @@ from slimkit.loading import load_source
 from slimkit.methods import is_depth_method, method_for
 from slimkit.outdir import check_out_dir, publish, staging
 from slimkit.planning import choose_targets, measure_achieved, prepare_speed
-from slimkit.recovery import RecoverySpec, recovery_stage, training_windows
+from slimkit.recovery import RecoverySpec, layer_boundaries, recovery_stage, training_windows
 from slimkit.shapes import get_shapes, kv_cache_bytes_per_token, param_counts
 from slimkit.tokenizer_files import load_tokenizer
 
@@ -298,10 +298,7 @@ def compress(
             spec, notify_loss = request.recovery, metric or (lambda name, value: None)
             notify("recover", 0, spec.windows * spec.seq_len)
             train = training_windows(tokenizer, spec, request.calibration.text, token=token)
-            if depth is not None:  # a merged group's output matches its last source layer
-                boundaries = [(j + 1, group[-1] + 1) for j, group in enumerate(depth["groups"])]
-            else:
-                boundaries = [(i, i) for i in range(1, model.config.num_hidden_layers + 1)]
+            boundaries = layer_boundaries(model.config.num_hidden_layers, depth["groups"] if depth else None)
             recovery = recovery_stage(
                 model,
                 lambda: load_source(request.model, request.revision, source_dtype, token=token).model,

@@ -219,6 +219,14 @@ def recover(
     }
 
 
+def layer_boundaries(num_layers: int, depth_groups: list[list[int]] | None = None) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices that match: every layer output for width methods; for depth
+    methods, merged group j's output against the output of its last source layer."""
+    if depth_groups:
+        return [(j + 1, group[-1] + 1) for j, group in enumerate(depth_groups)]
+    return [(i, i) for i in range(1, num_layers + 1)]
+
+
 def training_windows(
     tokenizer: PreTrainedTokenizerBase, spec: RecoverySpec, calibration_text: str, token: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -226,3 +226,10 @@ def test_cli_recovery_flags(tiny_llama_gqa: Path, tmp_path: Path) -> None:
     assert "recover" in run.stderr  # the progress bar, with the loss
     record = json.loads((out / "compression.json").read_text())
     assert record["recipe"]["recovery"]["mode"] == "lora" and record["recovery"]["tokens"] == 512
+
+
+def test_layer_boundaries_pair_width_and_depth_outputs() -> None:
+    from slimkit.recovery import layer_boundaries
+
+    assert layer_boundaries(3) == [(1, 1), (2, 2), (3, 3)]
+    assert layer_boundaries(3, [[0], [1, 2], [3, 4, 5]]) == [(1, 1), (2, 3), (3, 6)]

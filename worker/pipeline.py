@@ -79,17 +79,18 @@ class Tracker:
         fraction: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        """Write progress when the stage changes, on the last layer, or at most once per `min_interval_s`.
+        """Write progress when the stage changes, when it is complete (last layer or step), or at most once
+        per `min_interval_s`.
 
         `fraction` of the stage done defaults to layer / layers (0 for stages without steps); `extra` adds
         stage-specific fields (recovery: tokens, tokens_total, loss).
         """
         now = time.monotonic()
         changed = stage != self._stage
-        last_layer = layer is not None and layer == layers
-        if changed or last_layer or now - self._written_at >= self.min_interval_s:
-            if fraction is None:
-                fraction = layer / layers if layer is not None and layers else 0.0
+        if fraction is None:
+            fraction = layer / layers if layer is not None and layers else 0.0
+        complete = (layer is not None and layer == layers) or fraction >= 1.0
+        if changed or complete or now - self._written_at >= self.min_interval_s:
             if not claim.set_progress(self.job_id, self.worker, stage, layer, layers, round(fraction, 4), extra):
                 raise LeaseLost(self.job_id)
             self._written_at = now
@@ -102,8 +103,6 @@ class Tracker:
         if stage == "compress":  # layer i of N
             self.progress(stage, done, total)
         elif stage == "recover":  # training tokens of the budget, with the last step's loss
-            if done == total:  # the last step is written whatever the throttle says
-                self._written_at = float("-inf")
             extra = {"tokens": done, "tokens_total": total, "loss": self._loss}
             self.progress(stage, fraction=done / total if total else 0.0, extra=extra)
         else:  # e.g. the gradient pass (`estimate`: windows done) or the latency profile (widths timed)
