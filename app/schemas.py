@@ -18,9 +18,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # The engine's bundled calibration texts (slimkit.calibration.BUNDLED; a test checks they agree).
 BUNDLED_TEXTS = ("wikitext2_valid", "wikitext2_test", "mixed")
 EVALUATION_TEXT = "wikitext2_test"  # the engine's EvalSpec default, which the service evaluates on
-ENGINE_METHODS = ("intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt")
+ENGINE_METHODS = (
+    "intraslice",
+    "intraslice-nocomp",
+    "wanda-sp",
+    "flattengpt",
+    "flattengpt-paper",
+    "shortgpt",
+    "transact",
+)
 DEPTH_METHODS = ("flattengpt", "flattengpt-paper", "shortgpt")  # remove whole layers (no head widths)
-Method = Literal["intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt"]
+# One shape for every layer, chosen by the method (no head grid, no per-layer allocation, a ratio target only).
+UNIFORM_SHAPE_METHODS = (*DEPTH_METHODS, "transact")
+Method = Literal[
+    "intraslice", "intraslice-nocomp", "wanda-sp", "flattengpt", "flattengpt-paper", "shortgpt", "transact"
+]
 # Always used with fullmatch: `$` would also match before a trailing newline ("ns/name\n").
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 # Git's ref-name rules (what the Hub accepts for a branch or tag): no control characters or whitespace,
@@ -176,6 +188,19 @@ class Recovery(Strict):
         return known_dataset(value)
 
 
+class TransAct(Strict):
+    """TransAct's pruning stage (method `transact` only): shots, and distillation between them."""
+
+    shots: int = Field(1, ge=1, le=64, description="pruning shots, each rescoring the current model (1: one-shot)")
+    recovery_tokens: int = Field(
+        0,
+        ge=0,
+        le=2**31,
+        description="distillation tokens spread over the shots, more to later ones (0: prune only); trained with "
+        "the `recovery` settings when given, else the recovery defaults",
+    )
+
+
 class Output(Strict):
     repo_id: str | None = Field(
         None,
@@ -203,6 +228,7 @@ class JobCreate(Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     recovery: Recovery | None = Field(None, description="distil from the dense model after compressing (default off)")
+    transact: TransAct | None = Field(None, description="method transact: shots and between-shot training")
     output: Output = Field(default_factory=Output)
 
     @model_validator(mode="after")
@@ -215,8 +241,21 @@ class JobCreate(Strict):
     def _head_step_for_width_methods(self) -> JobCreate:
         if self.target.head_step is not None and self.method in DEPTH_METHODS:
             raise ValueError(f"target.head_step does not apply to {self.method}, which removes whole layers")
-        if self.target.ratio is not None and self.method not in DEPTH_METHODS and self.target.head_step is None:
+        if self.target.head_step is not None and self.method in UNIFORM_SHAPE_METHODS:
+            raise ValueError(f"target.head_step does not apply to {self.method}, which keeps heads at full width")
+        if self.target.ratio is not None and self.method not in UNIFORM_SHAPE_METHODS and self.target.head_step is None:
             self.target.head_step = 2  # the stored request says what will run (the engine's ratio default)
+        return self
+
+    @model_validator(mode="after")
+    def _uniform_shape_methods(self) -> JobCreate:
+        uniform = self.target.speedup is None and self.target.allocation == "uniform"
+        if self.method in UNIFORM_SHAPE_METHODS and not uniform:
+            raise ValueError(f"{self.method} gives every layer one shape: use target.ratio with uniform allocation")
+        if self.transact is not None and self.method != "transact":
+            raise ValueError("transact settings only apply to method transact")
+        if self.method == "transact" and self.transact is None:
+            self.transact = TransAct()  # the stored request says what will run
         return self
 
     @field_validator("model")

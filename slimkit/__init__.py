@@ -8,6 +8,7 @@ from slimkit.evaluate import EvalSpec
 from slimkit.latency import Workload
 from slimkit.layerwise import LayerTarget
 from slimkit.recovery import RecoverySpec
+from slimkit.transact import TransActSpec
 
 __all__ = [
     "CalibrationSpec",
@@ -16,6 +17,7 @@ __all__ = [
     "EvalSpec",
     "LayerTarget",
     "RecoverySpec",
+    "TransActSpec",
     "Workload",
     "compress",
 ]

@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,155 +29,26 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from slimkit import __version__
-from slimkit.calibration import CalibrationSpec, build_calibration
+from slimkit.calibration import build_calibration
 from slimkit.depth import compress_depth
 from slimkit.depth.similarity import removed_layers
 from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument, ReloadMismatch
-from slimkit.estimator import VARIANTS
-from slimkit.evaluate import EvalSpec, eval_windows, perplexity
-from slimkit.export import load_compressed, write_compressed
-from slimkit.latency.noise import TimingPolicy
-from slimkit.latency.workload import Workload, WorkloadTimer, workload_seconds
-from slimkit.layerwise import LayerTarget, compress_model
+from slimkit.evaluate import eval_windows, perplexity
+from slimkit.export import load_compressed, stock_heads_valid, write_compressed
+from slimkit.latency.workload import WorkloadTimer, workload_seconds
+from slimkit.layerwise import compress_model
 from slimkit.loading import load_source
-from slimkit.methods import is_depth_method, method_for
+from slimkit.methods import is_depth_method, is_model_method, method_for
 from slimkit.outdir import check_out_dir, publish, staging
 from slimkit.planning import choose_targets, measure_achieved, prepare_speed
 from slimkit.recovery import RecoverySpec, layer_boundaries, recovery_stage, training_windows
+from slimkit.request import CompressionRequest
 from slimkit.shapes import get_shapes, kv_cache_bytes_per_token, param_counts
 from slimkit.tokenizer_files import load_tokenizer
+from slimkit.transact import compress_transact
 
-MAX_RATIO = 0.9
-MAX_SPEEDUP = 20.0
-DEFAULT_RATIO = 0.3
-QUALITY_HEAD_STEP = 2  # ratio targets: kept heads' widths free (even), see resolved_head_step
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class CompressionRequest:
-    model: str  # local folder or Hub id
-    method: str = "intraslice"
-    ratio: float | None = None  # fraction of decoder attention + MLP parameters to remove (default 0.3)
-    speedup: float | None = None  # instead of a ratio: the workload's speed-up to reach on `device`
-    workload: Workload = field(default_factory=Workload)  # what a speed-up is measured on
-    layer_targets: list[LayerTarget] | None = None  # per-layer ratios; overrides ratio/speedup and allocation
-    allocation: str | None = None  # uniform / global / global_pca; default uniform (ratio), global_pca (speed-up)
-    bias: float | None = None  # λ_b, the MLP share of the pruning; default 1 (ratio), searched (speed-up)
-    cap: float = 0.8  # per-layer ratio cap of the estimator and of speed-up allocations
-    frac: int | None = None  # importance blocks per head (global estimators; None: one per head-width step)
-    head_step: int | None = None  # kept heads' width grid; default 2 (free even widths) for a ratio, 8 for a speed-up
-    latency_cache: str | None = None  # folder of cached latency profiles (default ~/.cache/slimkit/latency)
-    timing: TimingPolicy | None = None  # speed-up timing noise bound and repeats (default: TimingPolicy.from_env())
-    revision: str | None = None
-    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
-    evaluation: EvalSpec | None = field(default_factory=EvalSpec)
-    device: str = "auto"
-    dtype: str | None = None  # e.g. "bfloat16"; default: the checkpoint's dtype
-    batch_size: int = 8
-    verify: bool = True  # reload the saved folder and compare logits
-    source_name: str | None = None  # how records name the source (e.g. the Hub id of a downloaded folder)
-    source_revision: str | None = None  # the commit the folder was downloaded at
-    recovery: RecoverySpec | None = None  # distillation from the dense model after compression (None: one-shot)
-
-    def target_ratio(self) -> float:
-        return DEFAULT_RATIO if self.ratio is None else self.ratio
-
-    def resolved_head_step(self) -> int | None:
-        """The head-width grid width methods use; None = the 8-channel grid (2 for heads under 32 channels).
-
-        A ratio target optimises quality: free even widths measured better than the 8-channel grid at 20 %
-        (README, "IntraSlice quality"). A speed-up target plans on the 8-channel grid, whose widths the
-        latency profile timed and PyTorch's fused attention kernels prefer.
-        """
-        if self.head_step is not None or self.speedup is not None or is_depth_method(self.method):
-            return self.head_step
-        return QUALITY_HEAD_STEP
-
-    def resolved_allocation(self) -> str:
-        if self.allocation is not None:
-            return self.allocation
-        return "global_pca" if self.speedup is not None else "uniform"
-
-    def validate(self) -> None:
-        method_for(self.method)
-        allocation = self.resolved_allocation()
-        if allocation not in VARIANTS:
-            raise InvalidArgument(f"unknown allocation {allocation!r}; choose one of {', '.join(VARIANTS)}")
-        if self.ratio is not None and self.speedup is not None:
-            raise InvalidArgument("give a ratio or a speedup target, not both")
-        if not 0 < self.target_ratio() <= MAX_RATIO:
-            raise InvalidArgument(f"ratio must be in (0, {MAX_RATIO}], got {self.ratio}")
-        if is_depth_method(self.method) and (
-            self.speedup is not None or self.layer_targets is not None or allocation != "uniform"
-        ):
-            raise InvalidArgument(
-                f"{self.method} removes whole layers: give a ratio (uniform allocation), not a speedup, "
-                "per-layer targets or an estimator allocation"
-            )
-        if self.speedup is not None:
-            if not 1 < self.speedup <= MAX_SPEEDUP:
-                raise InvalidArgument(f"speedup must be in (1, {MAX_SPEEDUP}], got {self.speedup}")
-            if self.layer_targets is not None:
-                raise InvalidArgument("a speedup target chooses the per-layer ratios itself; drop layer_targets")
-            self.workload.validate()
-        if not 0 < self.cap <= MAX_RATIO:
-            raise InvalidArgument(f"cap must be in (0, {MAX_RATIO}], got {self.cap}")
-        if self.bias is not None and self.bias < 0:
-            raise InvalidArgument(f"bias must be >= 0, got {self.bias}")
-        if self.frac is not None and self.frac < 1:
-            raise InvalidArgument(f"frac must be >= 1, got {self.frac}")
-        if self.head_step is not None:
-            if self.head_step < 2 or self.head_step % 2:
-                raise InvalidArgument(f"head_step must be an even number >= 2, got {self.head_step}")
-            if is_depth_method(self.method):
-                raise InvalidArgument(f"{self.method} removes whole layers: head_step does not apply")
-            if self.speedup is not None:
-                raise InvalidArgument("a speedup target plans on the 8-channel head grid itself: drop head_step")
-        for t in self.layer_targets or []:
-            if not (0 <= t.attention <= MAX_RATIO and 0 <= t.mlp <= MAX_RATIO):
-                raise InvalidArgument(f"per-layer ratios must be in [0, {MAX_RATIO}], got {t}")
-        if self.batch_size < 1:
-            raise InvalidArgument("batch_size must be >= 1")
-        if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise InvalidArgument(f"unknown dtype {self.dtype!r}")
-        self.calibration.validate()
-        if self.recovery is not None:
-            self.recovery.validate()
-            if self.evaluation is None:
-                raise InvalidArgument("recovery needs an evaluation: it is kept only if held-out perplexity improves")
-            if (self.recovery.text or self.calibration.text) == self.evaluation.text:
-                raise InvalidArgument("the recovery text must not be the evaluation text (evaluation is held out)")
-        resolve_device(self.device)
-
-    def recipe(self) -> dict[str, Any]:
-        recipe: dict[str, Any] = {
-            "method": self.method,
-            "ratio": None if self.speedup is not None else self.target_ratio(),
-            "allocation": self.resolved_allocation() if not self.layer_targets else None,
-            "layer_targets": [asdict(t) for t in self.layer_targets] if self.layer_targets else None,
-            "calibration": calibration_recipe(self.calibration),
-            "dtype": self.dtype,
-        }
-        if not is_depth_method(self.method):
-            recipe["head_step"] = self.resolved_head_step()
-        if self.speedup is not None:
-            recipe["speedup"] = {"target": self.speedup, "workload": self.workload.to_dict()}
-        if self.resolved_allocation() != "uniform" or self.speedup is not None:
-            recipe["estimator"] = {"bias": self.bias, "cap": self.cap, "frac": self.frac}
-        if self.recovery is not None:
-            recipe["recovery"] = self.recovery.recipe(calibration_recipe(self.calibration)["text"])
-        return recipe
-
-
-def calibration_recipe(spec: CalibrationSpec) -> dict[str, Any]:
-    """The calibration part of the recipe: the label stands in for the text when one is given."""
-    recipe = asdict(spec)
-    label = recipe.pop("label")
-    if label is not None:
-        recipe["text"] = label
-    return recipe
 
 
 @dataclass
@@ -251,7 +122,7 @@ def compress(
             lap("evaluate_dense")
         before = param_counts(model)
         kv_before = kv_cache_bytes_per_token(model.config)
-        depth = None
+        depth = transact = None
         if is_depth_method(request.method):
             notify("similarity", 0, model.config.num_hidden_layers)
             depth = compress_depth(
@@ -267,6 +138,26 @@ def compress(
                 show_progress=show_progress,
             )
             layers, allocation, speedup = depth.pop("layers"), None, None
+        elif is_model_method(request.method):
+            shot_recovery = request.recovery or RecoverySpec()
+            transact = compress_transact(
+                model,
+                (calib.input_ids, calib.attention_mask),
+                request.target_ratio(),
+                request.cap,
+                request.resolved_transact(),
+                device,
+                request.batch_size,
+                recovery=shot_recovery,
+                training_windows=lambda spec: training_windows(tokenizer, spec, request.calibration.text, token),
+                load_teacher=lambda: load_source(request.model, request.revision, source_dtype, token=token).model,
+                allowed=lambda shape: stock_heads_valid(source, shape.heads, shape.kv_heads, model.config.head_dim),
+                progress=notify,
+                metric=metric,
+                should_cancel=should_cancel,
+                show_progress=show_progress,
+            )
+            layers, allocation, speedup = [], None, None
         else:
             targets, allocation, speedup = choose_targets(request, model, calib, device, speed, notify)
             if allocation is not None:
@@ -339,6 +230,7 @@ def compress(
             "allocation": allocation,
             "speedup": speedup,
             "depth": depth,
+            "transact": transact,
             "recovery": recovery,
             "layers": layers,
             "metrics": metrics,

@@ -23,6 +23,7 @@ from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 from slimkit.latency.workload import Workload
 from slimkit.methods import METHODS
 from slimkit.recovery import RecoverySpec
+from slimkit.transact import TransActSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-eval", action="store_true", help="skip perplexity before/after")
     c.add_argument("--no-verify", action="store_true", help="skip the reload check")
     _recovery_args(c)
+    t = c.add_argument_group("transact (method transact only)")
+    t.add_argument("--shots", type=int, help="pruning shots, each rescoring the current model (default 1)")
+    t.add_argument(
+        "--shot-recover-tokens",
+        type=int,
+        help="distillation tokens spread over the shots, more to later ones (default 0: prune only); they train "
+        "with the recovery defaults, or with the --recover-* settings when --recover-tokens also asks for a "
+        "final recovery",
+    )
 
     e = sub.add_parser("eval", help="perplexity of a model folder (compressed or not)")
     e.add_argument("model", type=Path)
@@ -105,6 +115,12 @@ def _recovery_spec(args: argparse.Namespace) -> RecoverySpec | None:
         temperature=args.recover_temperature,
         hidden_weight=args.recover_hidden_weight,
     )
+
+
+def _transact_spec(args: argparse.Namespace) -> TransActSpec | None:
+    if args.shots is None and args.shot_recover_tokens is None:
+        return None
+    return TransActSpec(shots=args.shots or 1, recovery_tokens=args.shot_recover_tokens or 0)
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -144,6 +160,14 @@ def _summary(record: dict) -> str:
         lines.append(
             f"layers       {depth['layers_before']} -> {depth['layers_after']} ({depth['removed_layers']} removed; "
             + (f"merged {merged})" if merged else "dropped the rest)")
+        )
+    if record.get("transact"):
+        plan, shots = record["transact"]["plan"], record["transact"]["shots"]
+        lines.append(
+            f"shape        {plan['kv_heads'] * plan['heads_per_group']} heads / {plan['kv_heads']} KV heads, MLP "
+            f"{plan['intermediate_size']} in every layer ({plan['attention_mode']}: attention -"
+            f"{plan['attention_ratio']:.1%}, MLP -{plan['mlp_ratio']:.1%}); {len(shots)} shot(s), "
+            f"{record['transact']['recovery_tokens']:,} training tokens between them"
         )
     if record.get("recovery"):
         rec = record["recovery"]
@@ -186,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 verify=not args.no_verify,
                 recovery=_recovery_spec(args),
+                transact=_transact_spec(args),
             )
             result = compress(request, args.out, overwrite=args.overwrite)
             finished = True

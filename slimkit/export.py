@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -88,6 +89,24 @@ def uniform_stock_shape(config: SlimConfig) -> Shape | None:
     return first
 
 
+def _needs_head_dim(source: SourceModel, shape: Shape, head_dim: int) -> bool:
+    return (
+        "head_dim" in source.config.to_dict() or source.config.hidden_size // shape["num_attention_heads"] != head_dim
+    )
+
+
+def stock_heads_valid(source: SourceModel, heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether the source family's own config class accepts this head layout (its validators, e.g. Llama's
+    hidden_size % num_attention_heads == 0, which it checks even with an explicit head_dim)."""
+    try:
+        source.adapter.stock_config(
+            source.config, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim
+        ).validate()
+    except (ValueError, TypeError, StrictDataclassError):
+        return False
+    return True
+
+
 def _stock_model(
     model: SlimForCausalLM, source: SourceModel, layer_sources: list[int] | None
 ) -> torch.nn.Module | None:
@@ -101,8 +120,13 @@ def _stock_model(
         num_attention_heads=shape["num_attention_heads"],
         num_key_value_heads=shape["num_key_value_heads"],
         intermediate_size=shape["intermediate_size"],
-        **({"head_dim": model.config.head_dim} if "head_dim" in source.config.to_dict() else {}),
+        # Fewer full-width heads: say the width, or the stock class derives hidden_size / heads.
+        **({"head_dim": model.config.head_dim} if _needs_head_dim(source, shape, model.config.head_dim) else {}),
     )
+    try:
+        config.validate()  # what the family's own class accepts (a slim output otherwise)
+    except (ValueError, TypeError, StrictDataclassError):
+        return None
     state: dict[str, torch.Tensor] = {}
     prefix_len = len("model.layers.")
     layers: dict[int, dict[str, torch.Tensor]] = {}

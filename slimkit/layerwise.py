@@ -100,16 +100,32 @@ class LayerMethod(Protocol):
         ...
 
 
+def build_layer(
+    config: SlimConfig,
+    index: int,
+    shape: Shape,
+    state: StateDict,
+    device: torch.device,
+    store_dtype: torch.dtype,
+    compute_dtype: torch.dtype,
+) -> SlimDecoderLayer:
+    """Record `shape` for layer `index` and return a fresh layer of that shape holding `state`.
+
+    The tensors are cast once to the stored dtype, then to the compute dtype: the layer computes with
+    exactly the weights that will be saved.
+    """
+    set_shape(config, index, shape)
+    with init_empty_weights(include_buffers=False):
+        layer = SlimDecoderLayer(config, index)
+    layer.load_state_dict({k: v.to(device, store_dtype) for k, v in state.items()}, assign=True)
+    return layer.to(device, compute_dtype).eval()
+
+
 def rebuild_layer(ctx: LayerContext, replacement: Replacement, store_dtype: torch.dtype) -> SlimDecoderLayer:
     """A fresh layer of the new shape holding the old tensors overridden by the replacement's, cast once."""
-    set_shape(ctx.config, ctx.index, replacement.shape)
     state = {k: v.detach() for k, v in ctx.layer.state_dict().items()}
     state.update(replacement.state)
-    with init_empty_weights(include_buffers=False):
-        layer = SlimDecoderLayer(ctx.config, ctx.index)
-    # Cast once to the stored dtype, then compute with exactly the weights that will be saved.
-    layer.load_state_dict({k: v.to(ctx.device, store_dtype) for k, v in state.items()}, assign=True)
-    return layer.to(ctx.device, ctx.dtype).eval()
+    return build_layer(ctx.config, ctx.index, replacement.shape, state, ctx.device, store_dtype, ctx.dtype)
 
 
 @torch.no_grad()

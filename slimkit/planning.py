@@ -37,7 +37,7 @@ from slimkit.layerwise import LayerTarget
 from slimkit.modeling.modeling_slim import SlimForCausalLM
 
 if TYPE_CHECKING:
-    from slimkit.api import CompressionRequest
+    from slimkit.request import CompressionRequest
 
 Notify = Callable[[str, int, int], None]
 

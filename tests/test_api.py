@@ -84,6 +84,12 @@ def test_submit_returns_202_location_and_queues_a_message(client: TestClient, ma
         ({"recovery": {"tokens": 4096, "mode": "qlora"}}, ["body", "recovery", "mode"]),
         ({"recovery": {"tokens": 4096, "lr": 2}}, ["body", "recovery", "lr"]),
         ({"recovery": {"tokens": 4096}, "evaluation": {"perplexity": False}}, ["body"]),
+        ({"method": "transact", "target": {"speedup": 1.5}}, ["body"]),
+        ({"method": "transact", "target": {"ratio": 0.3, "allocation": "global_pca"}}, ["body"]),
+        ({"method": "transact", "target": {"ratio": 0.3, "head_step": 8}}, ["body"]),
+        ({"method": "transact", "transact": {"shots": 0}}, ["body", "transact", "shots"]),
+        ({"method": "transact", "transact": {"recovery_tokens": -1}}, ["body", "transact", "recovery_tokens"]),
+        ({"transact": {"shots": 2}}, ["body"]),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client: TestClient, make_token, patch: dict, loc: list) -> None:
@@ -191,3 +197,14 @@ def test_recovery_is_stored_with_its_defaults(client: TestClient, make_token) ->
         "lora_rank": 16,
         "lora_alpha": 32.0,
     }
+
+
+def test_transact_job_is_stored_with_its_defaults(client: TestClient, make_token) -> None:
+    r = client.post("/jobs", json=BODY | {"method": "transact"}, headers=auth(make_token()))
+    assert r.status_code == 202, r.text
+    request = r.json()["request"]
+    assert request["transact"] == {"shots": 1, "recovery_tokens": 0}  # prune-only unless asked
+    assert request["target"]["head_step"] is None  # full-width heads: no head grid
+    body = BODY | {"method": "transact", "transact": {"shots": 4, "recovery_tokens": 65536}}
+    r = client.post("/jobs", json=body, headers=auth(make_token()))
+    assert r.status_code == 202 and r.json()["request"]["transact"] == {"shots": 4, "recovery_tokens": 65536}

@@ -383,3 +383,28 @@ def test_job_with_recovery_reports_it(client: TestClient, headers, worker, sourc
     card = ModelCard.load(done["result"]["repo_id"])
     assert "## Recovery" in card.text and "| Training tokens | 1,024 |" in card.text
     assert "`wikitext2_valid`" in card.text
+
+
+def test_transact_job_pushes_a_stock_model(client: TestClient, headers, worker, sources) -> None:
+    """TransAct with two shots and training between them: a stock config with fewer heads, no remote code."""
+    from huggingface_hub import ModelCard
+
+    transact = {"shots": 2, "recovery_tokens": 512}
+    recovery = {"tokens": 256, "seq_len": 64, "batch_size": 4, "dataset": "wikitext2_valid"}
+    job = submit(
+        client, headers, sources["tiny"], method="transact", target={"ratio": 0.6}, transact=transact, recovery=recovery
+    )
+    done = wait_for(client, headers, job["id"], finished, timeout=240)
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert result["format"] == "stock" and result["repo_id"].endswith("-transact-60")
+    card = ModelCard.load(result["repo_id"])
+    assert "TransAct:" in card.text and "Pruned in 2 shot(s), with" in card.text
+    assert "trust_remote_code" not in card.text
+    model = T.AutoModelForCausalLM.from_pretrained(result["repo_id"])  # stock: no remote code
+    source = T.AutoConfig.from_pretrained(sources["tiny"])
+    assert model.config.num_attention_heads < source.num_attention_heads or (
+        model.config.intermediate_size < source.intermediate_size
+    )
+    assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
+    assert {"compress", "recover"} <= set(done["stage_timings"])  # the shots, then the final recovery

@@ -99,7 +99,34 @@ def _recovery(recovery: dict[str, Any], recipe: dict[str, Any]) -> str:
     )
 
 
-def _structure(depth: dict[str, Any] | None) -> str:
+def _transact(transact: dict[str, Any]) -> str:
+    plan, shots = transact["plan"], transact["shots"]
+    heads = plan["kv_heads"] * plan["heads_per_group"]
+    how = {
+        "none": "no attention head was removed",
+        "heads": "whole attention heads were removed (query, key and value together)",
+        "query_heads": "query heads were removed evenly from every KV group",
+        "kv_groups": "whole KV groups (a KV head with all its query heads) were removed",
+        "kv_groups_and_query_heads": "whole KV groups and query heads within the kept groups were removed",
+    }[plan["attention_mode"]]
+    training = (
+        f", with {transact['recovery_tokens']:,} tokens of distillation from the base model between them"
+        if transact["recovery_tokens"]
+        else " with no training between them (prune-only)"
+    )
+    return (
+        "TransAct: channels of the activations inside attention (the input of o_proj) and the MLP (the input of "
+        f"down_proj) were scored by their L2 norm on the calibration text, and {how}: every layer now has "
+        f"{heads} attention heads sharing {plan['kv_heads']} KV heads, at full head width, and an MLP of "
+        f"{plan['intermediate_size']} channels (attention −{plan['attention_ratio']:.1%}, MLP "
+        f"−{plan['mlp_ratio']:.1%}, the split chosen by the scores). Pruned in {len(shots)} shot(s){training}. "
+        "Every layer has the same shape, so the model is the stock architecture with a smaller configuration."
+    )
+
+
+def _structure(depth: dict[str, Any] | None, transact: dict[str, Any] | None = None) -> str:
+    if transact is not None:
+        return _transact(transact)
     if depth is None:
         return (
             "Whole heads, head dimensions and MLP channels were removed, so the result is a smaller dense model "
@@ -189,7 +216,7 @@ def render(
         f"{_target(recipe, record.get('speedup'))} Achieved: "
         f"{ratio['attention_mlp']:.1%} of attention + MLP, {ratio['without_embeddings']:.1%} of the model "
         f"without embeddings, {ratio['total']:.1%} of the whole model (embeddings and the LM head are kept). "
-        + _structure(record.get("depth")),
+        + _structure(record.get("depth"), record.get("transact")),
         _params_table(record["params_before"], record["params_after"]),
     ]
     if kv:

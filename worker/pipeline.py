@@ -29,7 +29,7 @@ import torch
 from app import outputs
 from app.models import Job, JobStatus
 from app.settings import get_settings
-from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, RecoverySpec, compress
+from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, RecoverySpec, TransActSpec, compress
 from slimkit.calibration import DEFAULT_CALIBRATION_TEXT
 from slimkit.errors import Cancelled, SlimError
 from slimkit.latency.workload import Workload
@@ -172,6 +172,7 @@ def build_request(job: Job, source: Path, sha: str, job_dir: Path) -> tuple[Comp
         calibration=calibration,
         evaluation=evaluation,
         recovery=recovery_spec(body.get("recovery")),
+        transact=TransActSpec(**body["transact"]) if body.get("transact") else None,
         verify=False,  # the fresh-process check below replaces the engine's in-process one
         source_name=job.model,
         source_revision=sha,

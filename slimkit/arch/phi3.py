@@ -2,8 +2,9 @@
 
 The fused weights are split into the canonical q/k/v and gate/up on the way in and re-fused on the way
 out, so every method applies identical selections to both halves of a fused matrix by construction.
-Head width is hidden/heads (96 on Phi-3-mini); LongRoPE variants keep their per-frequency factors because
-the slim model gathers cos/sin from the original frequencies.
+Head width is hidden/heads (96 on Phi-3-mini) unless the config names it (a TransAct output does);
+LongRoPE variants keep their per-frequency factors because the slim model gathers cos/sin from the
+original frequencies.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ class Phi3Adapter(ArchAdapter):
 
     def mlp_bias(self, config: PreTrainedConfig) -> bool:
         return False
-
-    def head_dim(self, config: PreTrainedConfig) -> int:
-        return config.hidden_size // config.num_attention_heads
 
     def to_canonical(self, layer: StateDict, config: PreTrainedConfig) -> StateDict:
         out = dict(layer)
