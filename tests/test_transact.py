@@ -13,7 +13,6 @@ from slimkit import CalibrationSpec, CompressionRequest, compress
 from slimkit.errors import InvalidArgument
 from slimkit.evaluate import EvalSpec
 from slimkit.loading import load_source
-from slimkit.recovery import RecoverySpec
 from slimkit.shapes import attention_params, get_shapes, kv_cache_bytes_per_token, mlp_params
 from slimkit.transact import TransActSpec
 from slimkit.transact.driver import shot_budgets
@@ -113,6 +112,7 @@ def test_linear_descent_reaches_the_plan_on_the_last_shot() -> None:
     assert max(cuts) <= 2 * (11008 - 3072) / 8
     assert shot_budgets(1000, 4) == [125, 208, 291, 376]  # ∝ 1/2 + (i−1)/(K−1), the remainder to the last
     assert shot_budgets(1000, 1) == [1000] and shot_budgets(0, 3) == [0, 0, 0]
+    assert shot_budgets(3000, 3, seq_len=512) == [512, 1024, 1536]  # ⌈3000/512⌉ = 6 whole windows
 
 
 def test_keeping_everything_reproduces_the_dense_logits(tiny_model: Path, sample_ids: torch.Tensor) -> None:
@@ -185,11 +185,8 @@ def test_shots_with_training_between_them(tiny_llama_gqa: Path, tmp_path: Path) 
         calibration=CALIB,
         evaluation=EvalSpec(text="wikitext2_test", seq_len=64, max_tokens=512),
         device="cpu",
-        transact=TransActSpec(shots=3, recovery_tokens=768),
-        recovery=RecoverySpec(seq_len=64, batch_size=2, lr=1e-3),  # settings for the shots; no final recovery
-    )
-    request.recovery = None  # the shots fall back to the default recovery settings
-    request.transact = TransActSpec(shots=3, recovery_tokens=768)
+        transact=TransActSpec(shots=3, recovery_tokens=3072),  # 6 windows of 512: 1, 2 and 3 per shot
+    )  # no `recovery`: the shots train with the recovery defaults, and there is no final recovery
     stages: list[str] = []
     result = compress(request, tmp_path / "out", show_progress=False, progress=lambda s, d, t: stages.append(s))
     report = result.record["transact"]
@@ -200,7 +197,8 @@ def test_shots_with_training_between_them(tiny_llama_gqa: Path, tmp_path: Path) 
     assert all("recovery" in s and s["recovery"]["steps"] >= 1 for s in shots)
     lrs = [s["recovery"]["lr"] for s in shots]
     assert lrs == sorted(lrs) and lrs[-1] == pytest.approx(2 * 5e-5)  # peak lr · 2i/K, up to 2× at the last
-    assert report["recovery_tokens"] == sum(s["recovery"]["tokens"] for s in shots) >= 768
+    assert [s["recovery"]["tokens"] for s in shots] == [512, 1024, 1536]
+    assert report["recovery_tokens"] == 3072
     assert stages.count("score") == 3 and "recover" in stages
     assert result.record["recovery"] is None and result.format == "stock"
 

@@ -42,12 +42,17 @@ class TransActSpec:
             raise InvalidArgument(f"transact recovery_tokens must be >= 0, got {self.recovery_tokens}")
 
 
-def shot_budgets(tokens: int, shots: int) -> list[int]:
-    """Tokens per shot, ∝ 1/2 + (i−1)/(K−1) (TransAct's schedule), summing to `tokens`."""
+def shot_budgets(tokens: int, shots: int, seq_len: int = 1) -> list[int]:
+    """Tokens per shot, ∝ 1/2 + (i−1)/(K−1) (TransAct's schedule), in whole windows of `seq_len`.
+
+    The budget is ⌈tokens / seq_len⌉ windows in all (what one recovery of `tokens` would train on),
+    split by the weights, the rounding remainder going to the last shot.
+    """
+    windows = -(-tokens // seq_len)
     weights = [0.5 + (i / (shots - 1) if shots > 1 else 0.5) for i in range(shots)]
-    budgets = [int(tokens * w / sum(weights)) for w in weights]
-    budgets[-1] += tokens - sum(budgets)
-    return budgets
+    split = [int(windows * w / sum(weights)) for w in weights]
+    split[-1] += windows - sum(split)
+    return [n * seq_len for n in split]
 
 
 def compress_transact(
@@ -84,7 +89,7 @@ def compress_transact(
     teacher = None
     shots_report = []
     plan = None
-    budgets = shot_budgets(spec.recovery_tokens, spec.shots)
+    budgets = shot_budgets(spec.recovery_tokens, spec.shots, recovery.seq_len if recovery else 1)
     if spec.recovery_tokens and (recovery is None or training_windows is None or load_teacher is None):
         raise InvalidArgument("transact recovery_tokens needs recovery settings, training windows and a teacher")
     try:

@@ -178,7 +178,7 @@ def plan_for_ratio(
                         ratio_achieved=removed / (L * (attn_dense + mlp_dense)),
                         attention_ratio=attn_removed / attn_dense,
                         mlp_ratio=drop / width,
-                        score_mass_removed={"heads": head_cost / L, "mlp": mlp_cost / L},
+                        score_mass_removed={"heads": max(head_cost / L, 0.0), "mlp": max(mlp_cost / L, 0.0)},
                     ),
                 )
     if best is None:
