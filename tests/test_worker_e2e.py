@@ -398,13 +398,16 @@ def test_transact_job_pushes_a_stock_model(client: TestClient, headers, worker, 
     assert done["status"] == "succeeded", done["error"]
     result = done["result"]
     assert result["format"] == "stock" and result["repo_id"].endswith("-transact-60")
+    plan = result["transact"]["plan"]
+    assert [shot["shot"] for shot in result["transact"]["shots"]] == [1, 2]
+    assert result["kv_cache_bytes_per_token_fp16"]["after"] <= result["kv_cache_bytes_per_token_fp16"]["before"]
     card = ModelCard.load(result["repo_id"])
     assert "TransAct:" in card.text and "Pruned in 2 shot(s), with" in card.text
     assert "trust_remote_code" not in card.text
     model = T.AutoModelForCausalLM.from_pretrained(result["repo_id"])  # stock: no remote code
     source = T.AutoConfig.from_pretrained(sources["tiny"])
-    assert model.config.num_attention_heads < source.num_attention_heads or (
-        model.config.intermediate_size < source.intermediate_size
-    )
+    assert model.config.num_key_value_heads == plan["kv_heads"]
+    assert model.config.num_attention_heads == plan["kv_heads"] * plan["heads_per_group"]
+    assert model.config.intermediate_size == plan["intermediate_size"] < source.intermediate_size
     assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
     assert {"compress", "recover"} <= set(done["stage_timings"])  # the shots, then the final recovery

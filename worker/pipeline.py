@@ -269,6 +269,8 @@ def _stages(job: Job, worker: str, tracker: Tracker, job_dir: Path) -> dict[str,
         "perplexity_after": metrics.get("perplexity_after"),
         "evaluation": metrics.get("evaluation"),
         "recovery": record.get("recovery"),  # tokens, wall_s, losses, perplexity before/after, kept
+        "kv_cache_bytes_per_token_fp16": record.get("kv_cache_bytes_per_token_fp16"),
+        "transact": {k: record["transact"][k] for k in ("plan", "shots")} if record.get("transact") else None,
         "recipe_sha256": record["recipe_sha256"],
         "reload_check": verified,
         "stage_timings_s": dict(tracker.timings),
