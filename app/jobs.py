@@ -20,9 +20,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import outputs
+from app import callbacks, outputs
 from app.auth import Caller
-from app.models import CalibrationText, Job, JobStatus, utcnow
+from app.models import CalibrationText, CallbackSubscription, Job, JobStatus, utcnow
 from app.schemas import JobCreate, utc
 from app.settings import get_settings
 
@@ -117,6 +117,8 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
         request["calibration"]["text_chars"] = len(text)
     if repo_id is not None:
         request["output"]["repo_id"] = repo_id  # stored requests say what will run
+    if request.get("callback"):
+        request["callback"].pop("secret", None)  # a signing secret is never part of a stored request
     job = Job(
         id=uuid.uuid4(),
         owner=caller.owner,
@@ -137,6 +139,12 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
             if moved.rowcount != 1:  # a concurrent resubmission got there first
                 session.rollback()
                 return submit(session, caller, body, key)
+        if body.callback is not None:
+            subscription = callbacks.subscribe(
+                session, caller.owner, body.callback.url, body.callback.secret, body.callback.stage_events
+            )
+            session.flush()  # the job row refers to it
+            job.callback_id = subscription.id
         if failure is not None:
             job.status, job.stage = JobStatus.failed, "resolve"
             job.error_code, job.error_message = failure
@@ -144,6 +152,8 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
         elif repo_id is not None:
             outputs.reserve(session, repo_id, caller.owner, job.id, output.overwrite, on_hub)
         session.add(job)
+        if failure is not None:
+            callbacks.enqueue_job_event(session, job.id)
         session.commit()
     except IntegrityError:  # a concurrent request with the same key (or reserving the same repo) won the race
         session.rollback()
@@ -154,6 +164,12 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
         session.rollback()
         raise
     return job, True
+
+
+def callback_secret(session: Session, job: Job) -> str | None:
+    """The signing secret of the job's callback (shown once, in the response that created the job)."""
+    subscription = session.get(CallbackSubscription, job.callback_id) if job.callback_id else None
+    return subscription.secret if subscription else None
 
 
 def store_calibration_text(session: Session, text: str) -> str:
@@ -216,6 +232,8 @@ def cancel(session: Session, job: Job) -> Job:
         .where(Job.id == job.id, Job.status == JobStatus.queued)
         .values(status=JobStatus.cancelled, stage="cancelled", finished_at=now, cancel_requested_at=now)
     )
+    if queued.rowcount == 1:
+        callbacks.enqueue_job_event(session, job.id)
     if queued.rowcount == 0:  # already claimed (or finished): ask the worker to stop at the next boundary
         session.execute(
             update(Job)

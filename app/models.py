@@ -1,4 +1,4 @@
-"""Database tables: API tokens, jobs, inline calibration texts and the output repos we own.
+"""Database tables: API tokens, jobs, inline calibration texts, the output repos we own, and callbacks.
 
 Postgres is the source of truth for every job.
 
@@ -108,6 +108,8 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where this job's events are POSTed (None: nowhere); see CallbackSubscription.
+    callback_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("callback_subscription.id", ondelete="SET NULL"))
 
 
 class CalibrationText(Base):
@@ -141,3 +143,48 @@ class OutputRepo(Base):
     # still knows the repo is ours), cleared again if the Hub says someone else has it.
     hub_created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # first successful upload
+
+
+class CallbackSubscription(Base):
+    """A URL that receives signed events, with its signing secret (Standard Webhooks `whsec_…`).
+
+    The secret has to be kept to sign: it is shown to the owner once, when the subscription is created,
+    and never appears in a response, a job's stored request or a log afterwards.
+    """
+
+    __tablename__ = "callback_subscription"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(200))
+    stage_events: Mapped[bool] = mapped_column(default=False)  # also POST on every stage change
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class CallbackDelivery(Base):
+    """The callback outbox: one row per event, written in the transaction that made the event happen.
+
+    So a crash between a job finishing and its callback being sent never loses the callback: whichever
+    worker runs the dispatcher next sends it. `id` is the event's `webhook-id`, the same on every retry, so
+    receivers can drop duplicates. One terminal event per job and subscription (unique `dedupe_key`).
+    """
+
+    __tablename__ = "callback_delivery"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "dedupe_key", name="uq_callback_delivery_subscription_dedupe"),
+        Index("ix_callback_delivery_due", "delivered_at", "abandoned_at", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "msg_<32 hex>"
+    subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("callback_subscription.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(50))  # job.succeeded, job.failed, job.cancelled, job.stage
+    dedupe_key: Mapped[str] = mapped_column(String(200))  # e.g. "<job id>:terminal"
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the exact body, fixed at creation
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    abandoned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # retries exhausted
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())

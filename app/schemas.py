@@ -201,6 +201,40 @@ class TransAct(Strict):
     )
 
 
+class Callback(Strict):
+    """Where to POST the job's events, signed the Standard Webhooks way (see the README, "Callbacks")."""
+
+    url: str = Field(
+        max_length=2000,
+        description="receives a POST on the terminal state (and, with stage_events, on every stage change); "
+        "https outside development, never a loopback/private address in production",
+    )
+    secret: str | None = Field(
+        None,
+        description="your own signing secret (whsec_ + base64 of 24–64 bytes); default: generated and shown "
+        "once, as `callback_secret` in this submit's response. Never stored in the request or shown again",
+    )
+    stage_events: bool = Field(False, description="also POST `job.stage` on every stage change")
+
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, value: str) -> str:
+        from app.callbacks import url_problem
+
+        if problem := url_problem(value):
+            raise ValueError(f"url {problem}")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _usable_secret(cls, value: str | None) -> str | None:
+        from app.callbacks import secret_problem
+
+        if value is not None and (problem := secret_problem(value)):
+            raise ValueError(f"secret {problem}")
+        return value
+
+
 class Output(Strict):
     repo_id: str | None = Field(
         None,
@@ -229,6 +263,7 @@ class JobCreate(Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     recovery: Recovery | None = Field(None, description="distil from the dense model after compressing (default off)")
     transact: TransAct | None = Field(None, description="method transact: shots and between-shot training")
+    callback: Callback | None = Field(None, description="POST signed events about this job to a URL")
     output: Output = Field(default_factory=Output)
 
     @model_validator(mode="after")
@@ -310,10 +345,15 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    callback_secret: str | None = Field(
+        None,
+        description="the generated signing secret of `callback`: only in the response that created the job",
+    )
 
     @classmethod
-    def of(cls, job: Any) -> JobOut:
+    def of(cls, job: Any, callback_secret: str | None = None) -> JobOut:
         return cls(
+            callback_secret=callback_secret,
             id=job.id,
             status=job.status.value,
             stage=job.stage,

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     hub_download_attempts: int = 4  # tries of each Hub read (model info, files) on 5xx / connection errors
     hub_retry_base_s: float = 2.0  # first back-off delay, doubled after each failed try
     reload_check_timeout_s: int = 1800  # the fresh-process reload check of the saved checkpoint
+    callback_timeout_s: float = 10.0  # one callback POST, connect to last byte
+    callback_max_attempts: int = 12  # then the event is abandoned (kept in the outbox with its last error)
+    callback_retry_base_s: float = 5.0  # back-off after the first failed attempt, doubled after each
+    callback_retry_max_s: float = 3600.0  # back-off cap (12 attempts span about 3 hours)
     torch_threads: int | None = None  # per worker process; None: the CPUs available / worker concurrency
 
     @model_validator(mode="after")

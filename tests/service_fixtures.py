@@ -79,7 +79,9 @@ def db(database_url: str) -> Iterator[Session]:
     with session_factory()() as session:
         yield session
     with session_factory()() as session:
+        session.execute(text("DELETE FROM callback_delivery"))
         session.execute(text("DELETE FROM job"))
+        session.execute(text("DELETE FROM callback_subscription"))
         session.execute(text("DELETE FROM api_token"))
         session.commit()
 

@@ -411,3 +411,30 @@ def test_transact_job_pushes_a_stock_model(client: TestClient, headers, worker, 
     assert model.config.intermediate_size == plan["intermediate_size"] < source.intermediate_size
     assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False).shape == (1, 6)
     assert {"compress", "recover"} <= set(done["stage_timings"])  # the shots, then the final recovery
+
+
+def test_callback_is_signed_and_delivered_once(client: TestClient, headers, worker, sources) -> None:
+    """The worker's dispatcher POSTs the terminal event (and, asked for, every stage change) to a receiver."""
+    from tests.callback_receiver import CallbackReceiver
+
+    receiver = CallbackReceiver().start()
+    try:
+        callback = {"url": receiver.url, "stage_events": True}
+        job = submit(client, headers, sources["tiny"], callback=callback, output={"push": False})
+        secret = job["callback_secret"]
+        done = wait_for(client, headers, job["id"], finished)
+        assert done["status"] == "succeeded", done["error"]
+        deadline = time.monotonic() + 30  # the dispatcher runs every 2 s
+        while not receiver.events("job.succeeded") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (final,) = receiver.events("job.succeeded")
+        assert final.signed_by(secret) and final.event["data"]["id"] == job["id"]
+        assert final.event["data"]["result"]["params_after"] == done["result"]["params_after"]
+        stages = [r.event["data"]["stage"] for r in receiver.events("job.stage")]
+        assert {"download", "compress"} <= set(stages) and all(r.signed_by(secret) for r in receiver.received)
+        ids = [r.headers["webhook-id"] for r in receiver.received]
+        assert len(ids) == len(set(ids))  # one event each, each delivered once
+        time.sleep(3)
+        assert len(receiver.events("job.succeeded")) == 1
+    finally:
+        receiver.stop()

@@ -21,6 +21,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from app import outputs
+from app.callbacks import enqueue_job_event
 from app.db import database_unavailable, session_factory
 from app.models import CalibrationText, Job, JobStatus, utcnow
 from app.settings import get_settings
@@ -136,11 +137,14 @@ def set_progress(
     progress = {"stage": stage, "layer": layer, "layers": layers, "fraction": fraction} | (extra or {})
     with _session() as session:
         now = db_now(session)
+        previous = session.scalar(select(Job.stage).where(Job.id == _id(job_id)))
         done = session.execute(
             update(Job)
             .where(*_held(job_id, worker))
             .values(stage=stage, progress=progress, lease_until=now + lease, updated_at=now)
         )
+        if done.rowcount == 1 and previous != stage:
+            enqueue_job_event(session, job_id, stage=stage)  # for subscriptions that asked for stage changes
         session.commit()
         return done.rowcount == 1
 
@@ -221,6 +225,8 @@ def finish(
                 updated_at=now,
             )
         )
+        if done.rowcount == 1:
+            enqueue_job_event(session, job_id)  # the callback, committed with the state it reports
         session.commit()
         if done.rowcount == 1:
             return True
@@ -274,6 +280,8 @@ def requeue_stale() -> dict[str, list[str]]:
             )
             if changed.rowcount == 1:
                 done[key].append(str(job_id))
+                if key != "requeued":
+                    enqueue_job_event(session, job_id)
         session.commit()
     if any(done.values()):
         log.info("sweep: %s", {k: len(v) for k, v in done.items()})

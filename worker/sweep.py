@@ -3,9 +3,10 @@
 Beat would be one more process to deploy and keep single; everything here is idempotent (conditional
 UPDATEs, duplicate messages are no-op claims), so each worker's main process simply runs it from a daemon
 thread: every `dispatch_interval_s` it publishes accepted jobs whose message is not sent yet
-(`worker.outbox`), and every `lease_s / 2` it re-queues jobs of dead workers and re-publishes messages the
-broker lost. It lives in the main process, not the pool children, so it keeps running while a child is
-busy with a long job — or after a child was killed, which is when it matters.
+(`worker.outbox`) and sends due callbacks (`worker.deliveries`), and every `lease_s / 2` it re-queues jobs
+of dead workers and re-publishes messages the broker lost. It lives in the main process, not the pool
+children, so it keeps running while a child is busy with a long job — or after a child was killed, which is
+when it matters.
 
 After this process itself failed to reach the database, lease expiry waits one lease period: the workers
 could not renew their leases during the outage either, and must not be taken for dead because of it.
@@ -22,7 +23,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from app.db import database_unavailable
 from app.settings import get_settings
-from worker import outbox
+from worker import deliveries, outbox
 from worker.claim import requeue_stale
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ def _guard(action: str, fn: Callable[[], object]) -> None:
 
 
 def dispatch_once() -> None:
-    """Publish unpublished queued jobs; errors are logged and the next period tries again."""
+    """Publish unpublished queued jobs and send due callbacks; errors are logged and retried next period."""
     _guard("dispatch", outbox.publish_pending)
+    _guard("callbacks", deliveries.deliver_due)
 
 
 def sweep_once() -> None:

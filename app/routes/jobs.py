@@ -74,7 +74,8 @@ def submit_job(
         background.add_task(publish_now, job.id)
     response.headers["Location"] = f"/jobs/{job.id}"
     response.headers["Retry-After"] = str(get_settings().retry_after_s)
-    return JobOut.of(job)
+    generated = created and body.callback is not None and body.callback.secret is None
+    return JobOut.of(job, callback_secret=jobs.callback_secret(session, job) if generated else None)
 
 
 def publish_now(job_id: uuid.UUID) -> None:
