@@ -120,7 +120,7 @@ def enqueue_job_event(session: Session, job_id: uuid.UUID | str, stage: str | No
     Terminal states give `job.<status>` once per job (unique dedupe key); `stage` gives `job.stage` for a
     subscription that asked for stage changes. The payload is the job as the API shows it, frozen now.
     """
-    from app.schemas import JobOut  # schemas import models; keep this module importable from both sides
+    from app.responses import JobOut  # imported late: app.responses is not needed by the worker's import chain
 
     session.flush()
     job = session.get(Job, uuid.UUID(str(job_id)), populate_existing=True)

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from app import callbacks, outputs
 from app.auth import Caller
 from app.models import CalibrationText, CallbackSubscription, Job, JobStatus, utcnow
-from app.schemas import JobCreate, utc
+from app.responses import utc
+from app.schemas import JobCreate
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ def expire(job_id: str, **values) -> None:
 
 def test_claim_is_once_only(backend: str) -> None:
     from app.models import JobStatus
-    from app.schemas import utc
+    from app.responses import utc
     from worker.claim import claim
 
     job_id = new_job()

@@ -13,7 +13,8 @@ from app.auth import CallerDep
 from app.db import SessionDep
 from app.models import JobStatus
 from app.outputs import OutputRefused
-from app.schemas import FieldErrors, JobCreate, JobOut, JobPage, Message
+from app.responses import FieldErrors, JobOut, JobPage, Message
+from app.schemas import JobCreate
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
