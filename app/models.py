@@ -1,4 +1,5 @@
-"""Database tables: API tokens, jobs, inline calibration texts, the output repos we own, and callbacks.
+"""Database tables: API tokens, jobs, inline calibration texts, the output repos we own, callbacks, and the
+watch rules that compress new releases (with what they saw and the releases they turned into jobs).
 
 Postgres is the source of truth for every job.
 
@@ -14,7 +15,20 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -187,4 +201,62 @@ class CallbackDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     abandoned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # retries exhausted
     last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class Watch(Base):
+    """A rule: which new Hub releases to compress (authors, a name glob, architectures, a size range) and how
+    (job templates: a job body without `model`/`revision`). Jobs it creates belong to its owner."""
+
+    __tablename__ = "watch"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    token_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_token.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    authors: Mapped[list[str]] = mapped_column(JSON)  # Hub users or organisations
+    name_pattern: Mapped[str] = mapped_column(String(200), default="*")  # glob on the repo name
+    architectures: Mapped[list[str] | None] = mapped_column(JSON)  # config model_type values; None: any
+    min_params: Mapped[int | None] = mapped_column(BigInteger)
+    max_params: Mapped[int | None] = mapped_column(BigInteger)
+    templates: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # validated app.watch_schemas.WatchTemplate
+    new_commits: Mapped[bool] = mapped_column(default=False)  # a new commit of a seen repo is a new release
+    quiet_period_s: Mapped[int] = mapped_column(Integer, default=600)  # no commit for this long: upload done
+    paused: Mapped[bool] = mapped_column(default=False)
+    callback_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("callback_subscription.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), onupdate=utcnow
+    )
+
+
+class WatchEvent(Base):
+    """What a rule saw and did: a release detected, skipped (with the reason), or turned into jobs."""
+
+    __tablename__ = "watch_event"
+    __table_args__ = (Index("ix_watch_event_watch_created", "watch_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    watch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("watch.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # detected / skipped / jobs_created
+    repo_id: Mapped[str] = mapped_column(String(200))
+    revision_sha: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(20))  # webhook / poller
+    reason: Mapped[str | None] = mapped_column(Text)  # why skipped
+    job_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class WatchRelease(Base):
+    """Exactly once: a (rule, repo, commit, template) creates at most one job, ever — the primary key is the
+    guarantee, whatever fires together (a webhook and the poller, two pollers, a retried task)."""
+
+    __tablename__ = "watch_release"
+
+    watch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("watch.id", ondelete="CASCADE"), primary_key=True)
+    repo_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    revision_sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    template_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))
+    event_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("watch_event.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())

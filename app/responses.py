@@ -99,3 +99,14 @@ class Message(BaseModel):
     """An error with a human-readable message."""
 
     detail: str
+
+
+# Answers every authenticated route can give, documented once for the OpenAPI page.
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": Message, "description": "missing, invalid or revoked API token"},
+    503: {"model": Message, "description": "the database is unavailable; retry after `Retry-After`"},
+}
+BODY_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": Message, "description": "the body could not be read as JSON"},
+    413: {"model": Message, "description": "request body too large"},
+}

@@ -252,9 +252,9 @@ class Output(Strict):
         return value
 
 
-class JobCreate(Strict):
-    model: str = Field(description="Hub model id, e.g. HuggingFaceTB/SmolLM2-135M")
-    revision: str = Field("main", min_length=1, max_length=200, description="branch, tag or commit")
+class JobTemplate(Strict):
+    """What to run, without which model: a job body minus `model` and `revision` (watch rules reuse it)."""
+
     method: Method = "intraslice"
     target: Target
     calibration: Calibration = Field(default_factory=Calibration)
@@ -265,13 +265,13 @@ class JobCreate(Strict):
     output: Output = Field(default_factory=Output)
 
     @model_validator(mode="after")
-    def _recovery_needs_evaluation(self) -> JobCreate:
+    def _recovery_needs_evaluation(self) -> JobTemplate:
         if self.recovery is not None and not self.evaluation.perplexity:
             raise ValueError("recovery needs evaluation.perplexity: it is kept only if held-out perplexity improves")
         return self
 
     @model_validator(mode="after")
-    def _head_step_for_width_methods(self) -> JobCreate:
+    def _head_step_for_width_methods(self) -> JobTemplate:
         if self.target.head_step is not None and self.method in DEPTH_METHODS:
             raise ValueError(f"target.head_step does not apply to {self.method}, which removes whole layers")
         if self.target.head_step is not None and self.method in UNIFORM_SHAPE_METHODS:
@@ -281,7 +281,7 @@ class JobCreate(Strict):
         return self
 
     @model_validator(mode="after")
-    def _uniform_shape_methods(self) -> JobCreate:
+    def _uniform_shape_methods(self) -> JobTemplate:
         uniform = self.target.speedup is None and self.target.allocation == "uniform"
         if self.method in UNIFORM_SHAPE_METHODS and not uniform:
             raise ValueError(f"{self.method} gives every layer one shape: use target.ratio with uniform allocation")
@@ -290,6 +290,11 @@ class JobCreate(Strict):
         if self.method == "transact" and self.transact is None:
             self.transact = TransAct()  # the stored request says what will run
         return self
+
+
+class JobCreate(JobTemplate):
+    model: str = Field(description="Hub model id, e.g. HuggingFaceTB/SmolLM2-135M")
+    revision: str = Field("main", min_length=1, max_length=200, description="branch, tag or commit")
 
     @field_validator("model")
     @classmethod

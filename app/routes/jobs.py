@@ -13,7 +13,7 @@ from app.auth import CallerDep
 from app.db import SessionDep
 from app.models import JobStatus
 from app.outputs import OutputRefused
-from app.responses import FieldErrors, JobOut, JobPage, Message
+from app.responses import AUTH_ERRORS, BODY_ERRORS, FieldErrors, JobOut, JobPage, Message
 from app.schemas import JobCreate
 from app.settings import get_settings
 
@@ -21,10 +21,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/jobs",
     tags=["jobs"],
-    responses={
-        401: {"model": Message, "description": "missing, invalid or revoked API token"},
-        503: {"model": Message, "description": "the database is unavailable; retry after `Retry-After`"},
-    },
+    responses=AUTH_ERRORS,
 )
 NOT_FOUND = {404: {"model": Message, "description": "no such job (or it belongs to another owner)"}}
 
@@ -41,9 +38,8 @@ def field_error(status_code: int, loc: list[str], msg: str, kind: str) -> HTTPEx
     responses={
         403: {"model": FieldErrors, "description": "the token may not push to `output.repo_id`"},
         409: {"model": FieldErrors, "description": "another of your jobs is still writing `output.repo_id`"},
-        400: {"model": Message, "description": "the body could not be read as JSON"},
-        413: {"model": Message, "description": "request body too large"},
-    },
+    }
+    | BODY_ERRORS,
 )
 def submit_job(
     body: JobCreate,
