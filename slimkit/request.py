@@ -124,7 +124,8 @@ class CompressionRequest:
             if self.head_step < 2 or self.head_step % 2:
                 raise InvalidArgument(f"head_step must be an even number >= 2, got {self.head_step}")
             if self.whole_model_shape():
-                raise InvalidArgument(f"{self.method} keeps whole heads at full width: head_step does not apply")
+                what = "removes whole layers" if is_depth_method(self.method) else "keeps heads at full width"
+                raise InvalidArgument(f"{self.method} {what}: head_step does not apply")
             if self.speedup is not None:
                 raise InvalidArgument("a speedup target plans on the 8-channel head grid itself: drop head_step")
         for t in self.layer_targets or []:
