@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -62,3 +64,13 @@ def database_unavailable(err: BaseException) -> bool:
     if isinstance(err, OperationalError | InterfaceError | PoolTimeout):
         return True
     return isinstance(err, DBAPIError) and err.connection_invalidated
+
+
+def insert_ignoring_conflicts(session: Session, model: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING (Postgres and SQLite); True if this call inserted the row. The database
+    decides who was first, so racing processes cannot both think they created it."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    key = model.__table__.primary_key.columns.values()[0]
+    # RETURNING, not rowcount: drivers may report -1 for an INSERT's rowcount
+    result = session.execute(insert(model).values(**values).on_conflict_do_nothing().returning(key))
+    return result.first() is not None

@@ -12,22 +12,31 @@ import base64
 import hashlib
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import callbacks, outputs
 from app.auth import Caller
+from app.db import insert_ignoring_conflicts
 from app.models import CalibrationText, CallbackSubscription, Job, JobStatus, utcnow
 from app.responses import utc
 from app.schemas import JobCreate
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobOrigin:
+    """Where a job came from when a watch rule created it: the rule, the release's event, the rule's callback."""
+
+    watch_id: uuid.UUID
+    watch_event_id: uuid.UUID | None
+    callback_id: uuid.UUID | None
 
 
 class IdempotencyConflict(Exception):
@@ -69,7 +78,9 @@ def replays(job: Job) -> bool:
     return not (job.status == JobStatus.failed and job.error_code in TRANSIENT_FAILURES)
 
 
-def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -> tuple[Job, bool]:
+def submit(
+    session: Session, caller: Caller, body: JobCreate, key: str | None, origin: JobOrigin | None = None
+) -> tuple[Job, bool]:
     """(job, created). With an Idempotency-Key already used by this owner: the original job, or a conflict.
 
     No database connection is held while the Hub is asked anything: the read-only lookups end their
@@ -132,6 +143,8 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
         request_hash=fingerprint,
         idempotency_key=key,
     )
+    if origin is not None:
+        job.watch_id, job.watch_event_id, job.callback_id = origin.watch_id, origin.watch_event_id, origin.callback_id
     try:
         if superseded is not None:  # the failed job keeps its row and history, and gives up its key
             moved = session.execute(
@@ -139,7 +152,7 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
             )
             if moved.rowcount != 1:  # a concurrent resubmission got there first
                 session.rollback()
-                return submit(session, caller, body, key)
+                return submit(session, caller, body, key, origin)
         if body.callback is not None:
             subscription = callbacks.subscribe(
                 session, caller.owner, body.callback.url, body.callback.secret, body.callback.stage_events
@@ -160,7 +173,7 @@ def submit(session: Session, caller: Caller, body: JobCreate, key: str | None) -
         session.rollback()
         if key is None and repo_id is None:
             raise
-        return submit(session, caller, body, key)
+        return submit(session, caller, body, key, origin)
     except BaseException:
         session.rollback()
         raise
@@ -177,8 +190,7 @@ def store_calibration_text(session: Session, text: str) -> str:
     """Store inline calibration text once (keyed by its SHA-256, no-op when already there); its hash."""
     digest = hashlib.sha256(text.encode()).hexdigest()
     values = {"sha256": digest, "text": text, "chars": len(text), "created_at": utcnow()}
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(CalibrationText).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+    insert_ignoring_conflicts(session, CalibrationText, values)
     return digest
 
 

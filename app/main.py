@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app import errors
-from app.routes import health, jobs, watches
+from app.routes import health, hooks, jobs, watches
 
 
 def create_app() -> FastAPI:
@@ -19,6 +19,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(watches.router)
+    app.include_router(hooks.router)
     return app
 
 

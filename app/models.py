@@ -124,6 +124,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Where this job's events are POSTed (None: nowhere); see CallbackSubscription.
     callback_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("callback_subscription.id", ondelete="SET NULL"))
+    # A job a watch rule created: the rule and the event of the release it compresses (None: made by hand).
+    watch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("watch.id", ondelete="SET NULL"))
+    watch_event_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("watch_event.id", ondelete="SET NULL"))
 
 
 class CalibrationText(Base):
@@ -260,3 +263,40 @@ class WatchRelease(Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))
     event_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("watch_event.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class WatchSighting(Base):
+    """Where one rule stands with one release (a repo at a commit): waiting (still uploading), skipped (with
+    the reason) or taken. Events are written only when this row changes, so re-checking a release every poll
+    period does not flood the rule's history, and two processes checking at once write each event once."""
+
+    __tablename__ = "watch_sighting"
+
+    watch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("watch.id", ondelete="CASCADE"), primary_key=True)
+    repo_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    revision_sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))  # detected / waiting / skipped / taken
+    reason: Mapped[str | None] = mapped_column(Text)
+    detected_event_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("watch_event.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), onupdate=utcnow
+    )
+
+
+class HubNotification(Base):
+    """A Hub webhook payload, recorded when it arrives (the answer does not wait for any work) and processed by
+    the watcher task; a release still uploading keeps its notification pending until `due_at`."""
+
+    __tablename__ = "hub_notification"
+    __table_args__ = (Index("ix_hub_notification_pending", "processed_at", "due_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    repo_id: Mapped[str] = mapped_column(String(200))
+    head_sha: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(20))
+    scope: Mapped[str] = mapped_column(String(50))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -46,6 +46,8 @@ class JobOut(BaseModel):
         None,
         description="the generated signing secret of `callback`: only in the response that created the job",
     )
+    watch_id: uuid.UUID | None = Field(None, description="the watch rule that created this job (null: made by hand)")
+    watch_event_id: uuid.UUID | None = Field(None, description="the rule's event of the release this job compresses")
 
     @classmethod
     def of(cls, job: Any, callback_secret: str | None = None) -> JobOut:
@@ -68,6 +70,8 @@ class JobOut(BaseModel):
             updated_at=utc(job.updated_at),
             started_at=utc(job.started_at),
             finished_at=utc(job.finished_at),
+            watch_id=job.watch_id,
+            watch_event_id=job.watch_event_id,
         )
 
 

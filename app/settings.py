@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"  # or "filesystem://" (single machine, no server)
     broker_data_dir: Path = Path("./work/broker")  # message folder of the filesystem broker
     gpu_queue: str = "gpu"
+    control_queue: str = "control"  # release detection (watch rules): light tasks, never behind a compression
     token_pepper: SecretStr = SecretStr("")  # mixed into API-token hashes; required in production
     hub_token: SecretStr | None = None
     hub_token_file: Path | None = None
@@ -53,6 +54,9 @@ class Settings(BaseSettings):
     callback_max_attempts: int = 12  # then the event is abandoned (kept in the outbox with its last error)
     callback_retry_base_s: float = 5.0  # back-off after the first failed attempt, doubled after each
     callback_retry_max_s: float = 3600.0  # back-off cap (12 attempts span about 3 hours)
+    hub_webhook_secret: SecretStr | None = None  # POST /hooks/hub answers 404 until set (>= 16 characters)
+    watch_poll_s: float = 300.0  # Celery beat period of the reconciling poller (also re-checks waiting releases)
+    watch_poll_limit: int = 50  # newest models listed per watched author and poll
     torch_threads: int | None = None  # per worker process; None: the CPUs available / worker concurrency
 
     @model_validator(mode="after")
@@ -67,6 +71,9 @@ class Settings(BaseSettings):
                 problems.append("SLIMKIT_BROKER_URL must point at Redis")
             if len(self.token_pepper.get_secret_value()) < 16:
                 problems.append("SLIMKIT_TOKEN_PEPPER must be set (>= 16 characters)")
+            secret = self.hub_webhook_secret
+            if secret is not None and len(secret.get_secret_value()) < 16:
+                problems.append("SLIMKIT_HUB_WEBHOOK_SECRET must have >= 16 characters")
             if problems:
                 raise ValueError("insecure settings for production: " + "; ".join(problems))
         return self

@@ -11,6 +11,8 @@ import hmac
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import Request
 
@@ -34,6 +36,8 @@ class HubState:
     tree_page_size: int = 1000  # tree listings are paginated with a `Link: rel="next"` header beyond this
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(16), repr=False)
     requests: deque[str] = field(default_factory=lambda: deque(maxlen=10_000))  # "METHOD path status", newest last
+    webhooks: list[dict[str, Any]] = field(default_factory=list)  # registrations (`localhub.webhooks`)
+    webhook_log: list[dict[str, Any]] = field(default_factory=list)  # deliveries: url, status, payload
 
     def authorized(self, request: Request) -> bool:
         """True if the request carries a token this server accepts (any token when none is configured)."""
@@ -68,3 +72,8 @@ def find_repo(request: Request, repo_type: str | None, ns: str, name: str) -> Re
     if repo is None or (repo.private and not hub.authorized(request)):
         raise RepoNotFound(f"Repository not found: {repo_type or 'unknown type'} {ns}/{name}")
     return repo
+
+
+def iso(timestamp: float) -> str:
+    """The Hub's timestamp format (milliseconds, UTC)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

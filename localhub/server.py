@@ -19,7 +19,6 @@ import base64
 import fnmatch
 import hashlib
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -29,8 +28,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from localhub import downloads, lfs
-from localhub.context import KINDS, URL_PREFIX, USER, HubState, base_url, find_repo, hub_of
+from localhub import downloads, lfs, listing, webhooks
+from localhub.context import KINDS, URL_PREFIX, USER, HubState, base_url, find_repo, hub_of, iso
 from localhub.faults import Faults
 from localhub.storage import (
     DEFAULT_LFS_THRESHOLD,
@@ -64,11 +63,14 @@ def create_app(
     hub = HubState(Storage(root), token, lfs_threshold, faults or Faults(), multipart_chunk_size)
     app = FastAPI(title="localhub", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.hub = hub
+    hub.storage.listeners.append(webhooks.Sender(hub.webhooks, hub.webhook_log).listener)
     app.add_middleware(_Gate, hub=hub)
     app.add_exception_handler(HubError, _hub_error)  # type: ignore[arg-type]
     app.include_router(router)
     app.include_router(lfs.router)
     app.include_router(downloads.router)
+    app.include_router(listing.router)
+    app.include_router(webhooks.router)
     return app
 
 
@@ -134,10 +136,6 @@ async def _hub_error(request: Request, exc: HubError) -> Response:
 
 def _repo(request: Request, kind: str, ns: str, name: str) -> Repo:
     return find_repo(request, KINDS.get(kind), ns, name)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def _file_item(path: str, entry: Entry) -> dict[str, Any]:
@@ -237,8 +235,8 @@ async def repo_info(request: Request, kind: str, ns: str, name: str, rev: str = 
         "id": repo.repo_id,
         "author": ns,
         "sha": commit.oid,
-        "lastModified": _iso(commit.created),
-        "createdAt": _iso(repo.created),
+        "lastModified": iso(commit.created),
+        "createdAt": iso(repo.created),
         "private": repo.private,
         "gated": "manual" if repo.gated else False,
         "disabled": False,

@@ -24,7 +24,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -206,7 +206,14 @@ class Storage:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._repos: dict[tuple[str, str], Repo] = {}
+        # Called as listener(repo, action, scope) after a repo is created, committed to or changes settings,
+        # with the Hub's webhook event names (`localhub.webhooks`).
+        self.listeners: list[Callable[[Repo, str, str], None]] = []
         self._load()
+
+    def _changed(self, repo: Repo, action: str, scope: str) -> None:
+        for listener in list(self.listeners):
+            listener(repo, action, scope)
 
     # -- repos -------------------------------------------------------------------------------------------
     def create_repo(self, repo_type: str, repo_id: str, *, private: bool = False, gated: bool = False) -> Repo:
@@ -222,7 +229,8 @@ class Storage:
             repo.branches["main"] = first.oid
             self._repos[(repo_type, repo_id)] = repo
             self._save()
-            return repo
+        self._changed(repo, "create", "repo")
+        return repo
 
     def delete_repo(self, repo_type: str, repo_id: str) -> None:
         with self._lock:
@@ -234,6 +242,10 @@ class Storage:
         with self._lock:
             return self._repos.get((repo_type, repo_id))
 
+    def repos(self, repo_type: str) -> list[Repo]:
+        with self._lock:
+            return [repo for (kind, _), repo in self._repos.items() if kind == repo_type]
+
     def update_settings(
         self, repo_type: str, repo_id: str, *, private: bool | None = None, gated: bool | None = None
     ) -> None:
@@ -244,6 +256,7 @@ class Storage:
             repo.private = repo.private if private is None else private
             repo.gated = repo.gated if gated is None else gated
             self._save()
+        self._changed(repo, "update", "repo.config")
 
     def create_branch(self, repo: Repo, branch: str, revision: str = "main") -> str:
         """A new branch (any ref name: `feature/x`, `refs/pr/1`) at the commit of `revision`; its commit id."""
@@ -351,7 +364,8 @@ class Storage:
             repo.commits.setdefault(commit.oid, commit)
             repo.branches[branch] = commit.oid
             self._save()
-            return repo.commits[commit.oid]
+        self._changed(repo, "update", "repo.content")
+        return repo.commits[commit.oid]
 
     # -- persistence -------------------------------------------------------------------------------------
     def _save(self) -> None:

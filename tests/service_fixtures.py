@@ -79,7 +79,8 @@ def db(database_url: str) -> Iterator[Session]:
     with session_factory()() as session:
         yield session
     with session_factory()() as session:
-        session.execute(text("DELETE FROM watch"))  # its events and releases cascade
+        session.execute(text("DELETE FROM watch"))  # its events, sightings and releases cascade
+        session.execute(text("DELETE FROM hub_notification"))
         session.execute(text("DELETE FROM callback_delivery"))
         session.execute(text("DELETE FROM job"))
         session.execute(text("DELETE FROM callback_subscription"))

@@ -24,6 +24,9 @@ from celery.exceptions import CPendingDeprecationWarning
 from app.settings import get_settings
 
 RUN_JOB = "worker.tasks.run_job"
+# Release detection (watch rules) runs on a queue of its own: a poll must never wait behind a compression.
+RECONCILE_WATCHES = "worker.watch_tasks.reconcile"  # Celery beat, every `watch_poll_s`
+PROCESS_HUB_NOTIFICATIONS = "worker.watch_tasks.process_notifications"  # nudged by POST /hooks/hub
 # Redis sockets: a hung broker (stopped process, dropped route) must surface as an error the consumer
 # reconnects from, not block the worker's main process (its sweep publishes, its acks) forever. The
 # consumer's BRPOP returns within 1 s, so 10 s never cuts a healthy reply.
@@ -44,7 +47,12 @@ def make_celery() -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.gpu_queue,
-        task_routes={RUN_JOB: {"queue": settings.gpu_queue}},
+        task_routes={
+            RUN_JOB: {"queue": settings.gpu_queue},
+            RECONCILE_WATCHES: {"queue": settings.control_queue},
+            PROCESS_HUB_NOTIFICATIONS: {"queue": settings.control_queue},
+        },
+        beat_schedule=beat_schedule(),
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -56,9 +64,18 @@ def make_celery() -> Celery:
         # broker_heartbeat is not set: it is AMQP-only; Redis liveness is `health_check_interval` below.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
-        include=["worker.tasks"],
+        include=["worker.tasks", "worker.watch_tasks"],
     )
     return app
+
+
+def beat_schedule() -> dict[str, dict[str, object]]:
+    """The reconciling poller: one run per period; a run not started within the period is dropped (the next
+    one does the same work), so a stopped watcher does not find a backlog of identical polls."""
+    period = get_settings().watch_poll_s
+    if period <= 0:
+        return {}
+    return {"reconcile-watches": {"task": RECONCILE_WATCHES, "schedule": period, "options": {"expires": period}}}
 
 
 def transport_options() -> dict[str, object]:
@@ -90,3 +107,17 @@ celery_app = make_celery()
 def enqueue(job_id: str) -> None:
     """Send the job's message (task id = job id, so duplicates are recognisable in broker tools)."""
     celery_app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=get_settings().gpu_queue)
+
+
+def send_watch_task() -> None:
+    """Ask a watcher to process pending Hub notifications now (their rows are already committed); every broker
+    wait bounded by `broker_timeout_s`, no retries (the next beat period does the same work)."""
+    settings = get_settings()
+    with celery_app.connection_for_write(url=settings.broker_url) as conn:
+        if not settings.broker_url.startswith("filesystem://"):
+            conn.transport_options.update(
+                socket_timeout=settings.broker_timeout_s, socket_connect_timeout=settings.broker_timeout_s
+            )
+        celery_app.send_task(
+            PROCESS_HUB_NOTIFICATIONS, queue=settings.control_queue, expires=600, connection=conn, retry=False
+        )

@@ -32,6 +32,7 @@ from tests.hub_fixtures import LocalHub
 # Short, so a dead worker's job is re-queued within seconds (sweep every lease / 2), yet long enough that a
 # starved heartbeat on a loaded 2-core machine does not make a healthy job look dead.
 LEASE_S = 12
+HUB_WEBHOOK_SECRET = "drill-hub-webhook-secret"
 
 
 @dataclass
@@ -45,11 +46,12 @@ class DrillInfra:
     model_dir: Path
     current: WorkerProcess | None = field(default=None)
 
-    def worker(self, lease_s: int = LEASE_S) -> WorkerProcess:
-        """The one worker, started (or restarted) with this lease; Hub retries fast, HF timeouts long
-        (a drill holds downloads on the Hub for longer than the client's 10 s default)."""
-        if self.current is not None and self.current.alive() and self.current.lease_s == lease_s:
-            return self.current
+    def worker(self, lease_s: int = LEASE_S, queues: str = "gpu") -> WorkerProcess:
+        """The one worker, started (or restarted) with this lease and these queues; Hub retries fast, HF
+        timeouts long (a drill holds downloads on the Hub for longer than the client's 10 s default)."""
+        current = self.current
+        if current is not None and current.alive() and (current.lease_s, current.queues) == (lease_s, queues):
+            return current
         self.stop_worker()
         home = self.workdir / f"worker-{uuid.uuid4().hex[:6]}"
         env = service_env(
@@ -66,7 +68,7 @@ class DrillInfra:
             HF_HUB_DOWNLOAD_TIMEOUT="300",
             HF_HUB_ETAG_TIMEOUT="300",
         )
-        self.current = WorkerProcess(env, self.workdir, lease_s)
+        self.current = WorkerProcess(env, self.workdir, lease_s, queues)
         self.current.start()
         return self.current
 
@@ -91,7 +93,8 @@ def drill_infra(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -
         redis.start()
         postgres.start()
         url = postgres.create_database(f"drill_{uuid.uuid4().hex[:8]}")
-        api = ApiProcess(service_env(url, redis.url(), local_hub.token), workdir)
+        api_env = service_env(url, redis.url(), local_hub.token, SLIMKIT_HUB_WEBHOOK_SECRET=HUB_WEBHOOK_SECRET)
+        api = ApiProcess(api_env, workdir)
         api.start()
         infra = DrillInfra(workdir, redis, postgres, url, api, local_hub, model_dir)
         yield infra

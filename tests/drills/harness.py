@@ -246,18 +246,32 @@ def service_env(database_url: str, broker_url: str, hub_token: str | None, **ext
 
 
 class WorkerProcess(ServiceProcess):
-    """`celery -A worker.celery_app worker --pool=prefork -c 1 -Q gpu`, as deployed."""
+    """`celery -A worker.celery_app worker --pool=prefork -c 1 -Q gpu`, as deployed (`queues="gpu,control"`:
+    one worker that also detects releases, the single-host layout)."""
 
-    def __init__(self, env: Mapping[str, str], workdir: Path, lease_s: int) -> None:
-        self.lease_s = lease_s
+    def __init__(self, env: Mapping[str, str], workdir: Path, lease_s: int, queues: str = "gpu") -> None:
+        self.lease_s, self.queues = lease_s, queues
         self.node = f"drill-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
         command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=prefork", "-c", "1"]
-        command += ["-Q", "gpu", "--without-gossip", "--without-mingle", "-l", "info", "-n", self.node]
+        command += ["-Q", queues, "--without-gossip", "--without-mingle", "-l", "info", "-n", self.node]
         super().__init__("worker", command, env, workdir / f"worker-{self.node.split('@')[0]}.log")
 
     def start(self) -> None:
         self.spawn()
         wait_until(f"worker {self.node}", lambda: " ready." in self.log_text(), START_DEADLINE_S, self.alive)
+
+
+class BeatProcess(ServiceProcess):
+    """`celery -A worker.celery_app beat`: the schedule of the reconciling poller (one per deployment)."""
+
+    def __init__(self, env: Mapping[str, str], workdir: Path) -> None:
+        command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat", "-l", "info"]
+        command += ["-s", str(workdir / f"beat-{uuid.uuid4().hex[:6]}-schedule")]
+        super().__init__("beat", command, env, workdir / "beat.log")
+
+    def start(self) -> None:
+        self.spawn()
+        wait_until("beat", lambda: "beat: Starting" in self.log_text(), START_DEADLINE_S, self.alive)
 
 
 class ApiProcess(ServiceProcess):
