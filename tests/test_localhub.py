@@ -385,3 +385,37 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_model_listing_and_webhooks(local_hub: LocalHub, tmp_path: Path) -> None:
+    """`list_models(author=, sort=)` newest first (private repos to a token holder); webhooks POST the Hub's
+    payload with the secret verbatim, for a watched org's repo creation and commits."""
+    from tests.callback_receiver import CallbackReceiver
+
+    org = f"org{uuid.uuid4().hex[:8]}"
+    receiver = CallbackReceiver().start()
+    api = HfApi(token=local_hub.token)
+    hook = api.create_webhook(watched=[{"type": "org", "name": org}], url=receiver.url, secret="hook-secret")
+    try:
+        (tmp_path / "a.txt").write_text("a")
+        first = local_hub.seed(f"{org}/first", tmp_path)
+        time.sleep(0.01)
+        local_hub.seed(f"{org}/second", tmp_path, private=True)
+        local_hub.seed(f"other{org}/x", tmp_path)  # not watched
+        listed = list(api.list_models(author=org, sort="last_modified"))
+        assert [m.id for m in listed] == [f"{org}/second", f"{org}/first"] and listed[1].sha == first
+        assert listed[0].private and listed[1].last_modified <= listed[0].last_modified
+        deadline = time.monotonic() + 10
+        while len(receiver.received) < 5 and time.monotonic() < deadline:  # 2 creations, 2 commits, 1 setting
+            time.sleep(0.05)
+        payloads = [json.loads(r.body) for r in receiver.received]
+        assert all(r.headers["x-webhook-secret"] == "hook-secret" for r in receiver.received)
+        assert {p["repo"]["name"] for p in payloads} == {f"{org}/first", f"{org}/second"}
+        pushed = [p for p in payloads if p["event"] == {"action": "update", "scope": "repo.content"}]
+        assert {"repo": f"{org}/first", "sha": first} in [
+            {"repo": p["repo"]["name"], "sha": p["repo"]["headSha"]} for p in pushed
+        ]
+        assert {"action": "create", "scope": "repo"} in [p["event"] for p in payloads]
+    finally:
+        api.delete_webhook(hook.id)
+        receiver.stop()
