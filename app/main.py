@@ -1,10 +1,10 @@
-"""FastAPI application: `uvicorn app.main:app`. OpenAPI page at /docs, schema at /openapi.json."""
+"""FastAPI application: `uvicorn app.main:app`. OpenAPI pages at /docs and /redoc (offline), schema at /openapi.json."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app import errors
+from app import docs, errors
 from app.routes import health, hooks, jobs, watches
 
 
@@ -14,8 +14,11 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Submit a Hub model and a target; get back a smaller model that loads, pushed to the Hub "
         "with a card that says what was done and what it cost in quality.",
+        docs_url=None,  # served by app.docs, without a CDN
+        redoc_url=None,
     )
     errors.install(app)
+    docs.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(watches.router)
