@@ -19,7 +19,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import callbacks, outputs
+from app import callbacks, job_events, outputs
 from app.auth import Caller
 from app.db import insert_ignoring_conflicts
 from app.models import CalibrationText, CallbackSubscription, Job, JobStatus, utcnow
@@ -166,6 +166,7 @@ def submit(
         elif repo_id is not None:
             outputs.reserve(session, repo_id, caller.owner, job.id, output.overwrite, on_hub)
         session.add(job)
+        job_events.append(session, job.id, "terminal" if failure is not None else "queued")
         if failure is not None:
             callbacks.enqueue_job_event(session, job.id)
         session.commit()
@@ -246,9 +247,10 @@ def cancel(session: Session, job: Job) -> Job:
         .values(status=JobStatus.cancelled, stage="cancelled", finished_at=now, cancel_requested_at=now)
     )
     if queued.rowcount == 1:
+        job_events.append(session, job.id, "terminal")
         callbacks.enqueue_job_event(session, job.id)
     if queued.rowcount == 0:  # already claimed (or finished): ask the worker to stop at the next boundary
-        session.execute(
+        flagged = session.execute(
             update(Job)
             .where(
                 Job.id == job.id,
@@ -258,6 +260,8 @@ def cancel(session: Session, job: Job) -> Job:
             )
             .values(cancel_requested_at=now)
         )
+        if flagged.rowcount == 1:
+            job_events.append(session, job.id, "cancel_requested")
     session.commit()
     session.refresh(job)
     if job.status == JobStatus.running and job.stage == "push" and job.cancel_requested_at is None:

@@ -300,3 +300,18 @@ class HubNotification(Base):
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class JobEvent(Base):
+    """One change of a job, in order: queued, stage, progress, cancel_requested, terminal. What `GET
+    /jobs/{id}/events` streams (Server-Sent Events, the row id is the event id); written in the transaction of
+    the change it reports, so every API process streams the same history and a resumed stream misses nothing."""
+
+    __tablename__ = "job_event"
+    __table_args__ = (Index("ix_job_event_job_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())

@@ -438,3 +438,19 @@ def test_callback_is_signed_and_delivered_once(client: TestClient, headers, work
         assert len(receiver.events("job.succeeded")) == 1
     finally:
         receiver.stop()
+
+
+def test_events_stream_follows_a_real_job(client: TestClient, headers, worker, sources) -> None:
+    """The SSE stream, opened right after submit, carries the real worker's stages and layer progress to the end."""
+    from tests.test_job_events import read_events
+
+    job = submit(client, headers, sources["tiny"], output={"push": False})
+    frames = read_events(client, job["id"], headers)
+    assert frames[0]["event"] == "queued" and frames[-1]["event"] == "terminal"
+    final = client.get(f"/jobs/{job['id']}", headers=headers).json()
+    assert frames[-1]["data"]["status"] == "succeeded" and frames[-1]["data"]["result"] == final["result"]
+    stages = [f["data"]["stage"] for f in frames if f["event"] == "stage"]
+    assert stages[0] == "starting" and {"download", "compress"} <= set(stages), stages
+    assert any(f["event"] == "progress" and f["data"]["progress"].get("layer") for f in frames)
+    ids = [int(f["id"]) for f in frames]
+    assert ids == sorted(ids)

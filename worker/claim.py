@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from app import outputs
+from app import job_events, outputs
 from app.callbacks import enqueue_job_event
 from app.db import database_unavailable, session_factory
 from app.models import CalibrationText, Job, JobStatus, utcnow
@@ -97,6 +97,8 @@ def claim(job_id: str | uuid.UUID, worker: str) -> bool:
                 updated_at=now,
             )
         )
+        if done.rowcount == 1:
+            job_events.append(session, job_id, "stage")
         session.commit()
         if done.rowcount == 1:
             return True
@@ -143,6 +145,8 @@ def set_progress(
             .where(*_held(job_id, worker))
             .values(stage=stage, progress=progress, lease_until=now + lease, updated_at=now)
         )
+        if done.rowcount == 1:
+            job_events.append(session, job_id, "stage" if previous != stage else "progress")
         if done.rowcount == 1 and previous != stage:
             enqueue_job_event(session, job_id, stage=stage)  # for subscriptions that asked for stage changes
         session.commit()
@@ -186,6 +190,8 @@ def enter_push(job_id: str | uuid.UUID, worker: str) -> bool:
                 stage="push", progress={"stage": "push", "layer": None, "layers": None, "fraction": 0.0}, updated_at=now
             )
         )
+        if done.rowcount == 1:
+            job_events.append(session, job_id, "stage")
         session.commit()
         return done.rowcount == 1
 
@@ -226,6 +232,7 @@ def finish(
             )
         )
         if done.rowcount == 1:
+            job_events.append(session, job_id, "terminal")
             enqueue_job_event(session, job_id)  # the callback, committed with the state it reports
         session.commit()
         if done.rowcount == 1:
@@ -280,6 +287,7 @@ def requeue_stale() -> dict[str, list[str]]:
             )
             if changed.rowcount == 1:
                 done[key].append(str(job_id))
+                job_events.append(session, job_id, "queued" if key == "requeued" else "terminal")
                 if key != "requeued":
                     enqueue_job_event(session, job_id)
         session.commit()

@@ -6,11 +6,13 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from app import jobs
+from app import job_events, jobs
 from app.auth import CallerDep
-from app.db import SessionDep
+from app.db import SessionDep, session_factory
 from app.models import JobStatus
 from app.outputs import OutputRefused
 from app.responses import AUTH_ERRORS, BODY_ERRORS, FieldErrors, JobOut, JobPage, Message
@@ -134,3 +136,34 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> Job
         return JobOut.of(jobs.cancel(session, job))
     except jobs.CancelRefused as err:
         raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-Sent Events: `queued`, `stage`, `progress`, `cancel_requested`, `terminal` (the "
+            "stream ends after it); each `data` is JSON {status, stage, progress} (+ error, result when terminal)",
+        }
+    }
+    | NOT_FOUND,
+)
+async def job_event_stream(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+    last_event_id: Annotated[int | None, Header(ge=0, description="resume after this event id")] = None,
+    after: Annotated[int | None, Query(ge=0, description="like Last-Event-ID, for clients that cannot set it")] = None,
+) -> StreamingResponse:
+    """Follow a job live: its whole history first (or what came after `Last-Event-ID`), then each change."""
+    job = await run_in_threadpool(jobs.get_job, session, caller.owner, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "job not found")
+    await run_in_threadpool(session.close)  # the stream opens its own short sessions
+    start = last_event_id if last_event_id is not None else after or 0
+    frames = job_events.stream(session_factory(), job_id, start, request.is_disconnected)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
+    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
