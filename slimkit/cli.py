@@ -1,4 +1,5 @@
-"""Command line: `slimkit compress MODEL --ratio 0.3 --out DIR` and `slimkit eval DIR`.
+"""Command line: `slimkit compress MODEL --ratio 0.3 --out DIR`, `slimkit eval DIR`, and `slimkit jobs …`
+(the job service's client: `slimkit.jobs_cli`).
 
 Exit codes: 0 success, 2 bad input or unsupported model (the message says which lever to pull),
 130 interrupted (Ctrl-C: one line, no traceback, nothing left at --out), 1 anything else.
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from slimkit import jobs_cli
 from slimkit.api import CompressionRequest, compress
 from slimkit.calibration import DEFAULT_CALIBRATION_TEXT, CalibrationSpec
 from slimkit.devices import resolve_device
@@ -82,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         "with the recovery defaults, or with the --recover-* settings when --recover-tokens also asks for a "
         "final recovery",
     )
+
+    jobs_cli.add_parser(sub)
 
     e = sub.add_parser("eval", help="perplexity of a model folder (compressed or not)")
     e.add_argument("model", type=Path)
@@ -187,6 +191,8 @@ def _summary(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "jobs":
+        return jobs_cli.run(args)
     finished = False  # set once the output is in place: a later Ctrl-C must not claim nothing was written
     try:
         if args.command == "compress":
