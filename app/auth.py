@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import SessionDep
-from app.models import ApiToken
+from app.models import ApiToken, utcnow
 from app.settings import get_settings
 
 TOKEN_PREFIX = "slk_"
@@ -67,3 +68,21 @@ def current_caller(
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def list_tokens(session: Session, owner: str | None = None) -> list[ApiToken]:
+    """Tokens (never their values: only hashes are stored), newest first; optionally one owner's."""
+    query = select(ApiToken).order_by(ApiToken.created_at.desc())
+    if owner is not None:
+        query = query.where(ApiToken.owner == owner)
+    return list(session.scalars(query))
+
+
+def revoke_token(session: Session, token_id: str) -> ApiToken | None:
+    """Revoke a token by its id (at once: the next request with it is a 401); None when there is no such id.
+    Its jobs and watch rules stay; a rule whose token is revoked records its releases as skipped."""
+    row = session.get(ApiToken, uuid.UUID(token_id))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row
