@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from slimkit import jobs_cli
+from slimkit import __version__, jobs_cli
 from slimkit.api import CompressionRequest, compress
 from slimkit.calibration import DEFAULT_CALIBRATION_TEXT, CalibrationSpec
 from slimkit.devices import resolve_device
-from slimkit.errors import SlimError
+from slimkit.errors import InvalidArgument, SlimError
 from slimkit.estimator import VARIANTS
 from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 from slimkit.latency.workload import Workload
@@ -30,11 +30,19 @@ from slimkit.transact import TransActSpec
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimkit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"slimkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compress", help="compress a model (local folder or Hub id) into DIR")
-    c.add_argument("model")
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # every option's help shows its default
+    c = sub.add_parser("compress", help="compress a model (local folder or Hub id) into DIR", formatter_class=defaults)
+    c.add_argument("model", nargs="?", help="local folder or Hub id (with --recipe: default the recorded source)")
     c.add_argument("--out", required=True, type=Path, help="new or empty folder for the output")
+    c.add_argument(
+        "--recipe",
+        type=Path,
+        help="replay a recorded recipe exactly (compression.json, an output folder, or a .json/.yaml recipe); "
+        "the method, target and calibration options below are then taken from it",
+    )
     c.add_argument("--overwrite", action="store_true", help="replace an earlier slimkit output in --out")
     c.add_argument("--method", default="intraslice", choices=sorted(METHODS))
     target = c.add_mutually_exclusive_group()
@@ -87,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parser(sub)
 
-    e = sub.add_parser("eval", help="perplexity of a model folder (compressed or not)")
+    e = sub.add_parser("eval", help="perplexity of a model folder (compressed or not)", formatter_class=defaults)
     e.add_argument("model", type=Path)
     e.add_argument("--device", default="auto")
     _eval_args(e)
@@ -195,7 +203,19 @@ def main(argv: list[str] | None = None) -> int:
         return jobs_cli.run(args)
     finished = False  # set once the output is in place: a later Ctrl-C must not claim nothing was written
     try:
-        if args.command == "compress":
+        if args.command == "compress" and args.recipe is not None:
+            request = CompressionRequest.from_recipe(
+                args.recipe,
+                model=args.model,
+                evaluation=None if args.no_eval else _eval_spec(args),
+                device=args.device,
+                batch_size=args.batch_size,
+                verify=not args.no_verify,
+                latency_cache=args.latency_cache,
+            )
+        elif args.command == "compress":
+            if args.model is None:
+                raise InvalidArgument("give the model to compress (or --recipe)")
             request = CompressionRequest(
                 model=args.model,
                 method=args.method,
@@ -218,10 +238,14 @@ def main(argv: list[str] | None = None) -> int:
                 recovery=_recovery_spec(args),
                 transact=_transact_spec(args),
             )
+        if args.command == "compress":
             result = compress(request, args.out, overwrite=args.overwrite)
             finished = True
             print(_summary(result.record))
             print(f"saved to {result.out_dir}")
+            remote = ", trust_remote_code=True" if result.format == "slim" else ""
+            why = "  (slim format: its modeling file ships in the folder)" if remote else "  (a stock config)"
+            print(f"load with   AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r}{remote}){why}")
         else:
             from transformers import AutoTokenizer
 

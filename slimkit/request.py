@@ -20,6 +20,7 @@ from slimkit.latency.noise import TimingPolicy
 from slimkit.latency.workload import Workload
 from slimkit.layerwise import LayerTarget
 from slimkit.methods import is_depth_method, is_model_method, method_for
+from slimkit.recipes import request_kwargs
 from slimkit.recovery import RecoverySpec
 from slimkit.transact import TransActSpec
 
@@ -55,6 +56,25 @@ class CompressionRequest:
     source_revision: str | None = None  # the commit the folder was downloaded at
     recovery: RecoverySpec | None = None  # distillation from the dense model after compression (None: one-shot)
     transact: TransActSpec | None = None  # method "transact": shots and between-shot training (default 1, none)
+
+    @classmethod
+    def from_recipe(
+        cls,
+        source: str | Any,
+        model: str | None = None,
+        calibration_text: str | None = None,
+        **overrides: Any,
+    ) -> CompressionRequest:
+        """The request a recorded recipe came from (`compression.json`, an output folder, a recipe file or
+        dict): same method, target, calibration and seeds, hence the same weights. `model` (and `revision`)
+        default to the record's source; `overrides` set the where-to-run fields (device, evaluation, …)."""
+        kwargs = request_kwargs(source, calibration_text)
+        if model is not None:
+            kwargs["model"], kwargs["revision"] = model, overrides.pop("revision", None)
+        kwargs |= overrides
+        if not kwargs.get("model"):
+            raise InvalidArgument("the recipe names no source model: give one")
+        return cls(**kwargs)
 
     def target_ratio(self) -> float:
         return DEFAULT_RATIO if self.ratio is None else self.ratio

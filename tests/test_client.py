@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from slimkit.client import Client, InvalidRequest, NotFound
 from slimkit.cli import main
+from slimkit.client import Client, InvalidRequest, NotFound
 from tests.hub_fixtures import serve
 from tests.test_worker_e2e import FAST, sources, worker  # noqa: F401  (fixtures)
 
@@ -34,8 +34,9 @@ def test_submit_follow_events_and_resume(api_url: str, make_token, sources) -> N
         assert refused.value.status == 422 and refused.value.loc == ["body", "target", "ratio"]
         with pytest.raises(NotFound):
             api.get("00000000-0000-0000-0000-000000000000")
-        job = api.submit(sources["tiny"], ratio=0.3, output={"push": False}, idempotency_key="k-1", **FAST)
-        assert api.submit(sources["tiny"], ratio=0.3, output={"push": False}, idempotency_key="k-1", **FAST).id == job.id
+        body = {"ratio": 0.3, "output": {"push": False}, "idempotency_key": "k-1", **FAST}
+        job = api.submit(sources["tiny"], **body)
+        assert api.submit(sources["tiny"], **body).id == job.id  # a retried submit is the same job
         seen = []
         done = api.wait(job.id, timeout=180, on_event=seen.append)
         assert done.status == "succeeded" and done.result["params_after"]["total"] > 0
