@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
-from slimkit import __version__
+from slimkit import __version__, card
 from slimkit.calibration import build_calibration
 from slimkit.depth import compress_depth
 from slimkit.depth.similarity import removed_layers
@@ -254,7 +254,13 @@ def compress(
                 record["reload_max_abs_diff"] = verify_reload(model, folder, calib.input_ids[:2, :64])
                 lap("verify")
             record["timings_s"] = timings
-            (folder / "compression.json").write_text(json.dumps({**record, "format": fmt}, indent=2) + "\n")
+            final = {**record, "format": fmt}
+            # The model card; `slimkit push` (or the service) renders it again with the repo it goes to.
+            source_info = record["source"]
+            (folder / "README.md").write_text(
+                card.render(final, source_info["model"], source_info["revision"], Path(out_dir).name)
+            )
+            (folder / "compression.json").write_text(json.dumps(final, indent=2) + "\n")
             publish(folder, out_dir, overwrite)
         return CompressionResult(Path(out_dir), fmt, {**record, "format": fmt}, model)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from slimkit import __version__, jobs_cli
@@ -95,8 +96,15 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parser(sub)
 
+    u = sub.add_parser("push", help="upload an output folder to the Hub with its model card", formatter_class=defaults)
+    u.add_argument("folder", type=Path)
+    u.add_argument("repo_id", help="<namespace>/<name>; created if missing")
+    u.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    u.add_argument("--overwrite", action="store_true", help="update a repo that already holds a slimkit output")
+
     e = sub.add_parser("eval", help="perplexity of a model folder (compressed or not)", formatter_class=defaults)
-    e.add_argument("model", type=Path)
+    e.add_argument("model", help="a model folder (compressed or not) or a Hub id")
+    e.add_argument("--revision", help="Hub revision of a Hub id")
     e.add_argument("--device", default="auto")
     _eval_args(e)
     return parser
@@ -238,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                 recovery=_recovery_spec(args),
                 transact=_transact_spec(args),
             )
-        if args.command == "compress":
+        if args.command == "push":
+            from slimkit.push import push_output
+
+            url = push_output(args.folder, args.repo_id, private=not args.public, overwrite=args.overwrite)
+            print(f"pushed {args.folder} to {args.repo_id}: {url}")
+        elif args.command == "compress":
             result = compress(request, args.out, overwrite=args.overwrite)
             finished = True
             print(_summary(result.record))
@@ -246,15 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             remote = ", trust_remote_code=True" if result.format == "slim" else ""
             why = "  (slim format: its modeling file ships in the folder)" if remote else "  (a stock config)"
             print(f"load with   AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r}{remote}){why}")
-        else:
+        elif args.command == "eval":
             from transformers import AutoTokenizer
 
-            from slimkit.export import load_compressed
+            from slimkit.export import evaluable_folder, load_compressed
 
-            model = load_compressed(args.model)
-            # trust_remote_code=False: a slim output's config points to our modeling code, which would otherwise
-            # stop AutoTokenizer at a [y/N] prompt; the tokenizer itself never needs code
-            tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+            with tempfile.TemporaryDirectory(prefix="slimkit-eval-") as workdir:
+                folder = evaluable_folder(str(args.model), args.revision, Path(workdir))
+                model = load_compressed(folder)
+                # trust_remote_code=False: a slim output's config points to our modeling code, which would
+                # otherwise stop AutoTokenizer at a [y/N] prompt; the tokenizer itself never needs code
+                tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             windows = eval_windows(tokenizer, _eval_spec(args))
             ppl = perplexity(model, windows, resolve_device(args.device), show_progress=True)
             print(

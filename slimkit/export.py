@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from slimkit import __version__
-from slimkit.loading import SourceModel
+from slimkit.errors import ModelNotFound
+from slimkit.loading import SourceModel, read_config, resolve, safetensors_files
+from slimkit.modeling import modeling_slim
 from slimkit.modeling.modeling_slim import SlimConfig, SlimForCausalLM
 from slimkit.outdir import RECIPE_FILE, check_out_dir, publish, staging
 from slimkit.shapes import Shape, get_shapes
@@ -210,7 +213,30 @@ def write_compressed(
 
 
 def load_compressed(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Load an output folder the way a user would (remote code only for the slim format)."""
-    recipe = json.loads((Path(path) / RECIPE_FILE).read_text()) if (Path(path) / RECIPE_FILE).is_file() else {}
-    remote = recipe.get("format", "slim") == "slim"
+    """Load a folder the way a user would: remote code only for a slimkit output in the slim format (whose
+    only code is our modeling_slim.py); any other folder loads with stock classes only."""
+    record = Path(path) / RECIPE_FILE
+    remote = record.is_file() and json.loads(record.read_text()).get("format", "slim") == "slim"
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=remote, dtype=dtype).eval()
+
+
+def evaluable_folder(model: str, revision: str | None, workdir: Path) -> Path:
+    """A local folder `load_compressed` can open for `model` (a folder or a Hub id), with coded errors.
+
+    A Hub snapshot never brings code (safetensors, configs and tokenizer files only): a slim output gets
+    slimkit's own `modeling_slim.py` next to links to the downloaded files, in `workdir`, never the repo's.
+    """
+    path, _ = resolve(model, revision)
+    safetensors_files(path)
+    record = path / RECIPE_FILE
+    if not record.is_file():
+        read_config(path)  # not a slimkit output: a stock config, checked like any source
+        return path
+    if not (path / "config.json").is_file():
+        raise ModelNotFound(f"{path.name}: no config.json")
+    if json.loads(record.read_text()).get("format", "slim") != "slim" or (path / "modeling_slim.py").is_file():
+        return path
+    for item in path.iterdir():
+        (workdir / item.name).symlink_to(item.resolve())
+    shutil.copy(Path(modeling_slim.__file__), workdir / "modeling_slim.py")
+    return workdir

@@ -37,6 +37,7 @@ RECIPE_FILE = "compression.json"
 OUTPUT_NAMES = frozenset(
     {
         RECIPE_FILE,
+        "README.md",  # the model card
         "config.json",
         "generation_config.json",
         "modeling_slim.py",

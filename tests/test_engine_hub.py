@@ -81,3 +81,72 @@ def test_hub_errors_are_coded(local_hub, hub_model: str, tmp_path: Path) -> None
     with pytest.raises(NoSafetensors, match=r"pytorch_model\.bin"):
         run("tester/pickled")
     assert not (tmp_path / "out").exists()
+
+
+def test_push_an_output_with_its_card(local_hub, hub_model: str, tmp_path: Path, capsys) -> None:
+    """`slimkit push`: a fresh repo gets the output and a card naming it; an existing output needs --overwrite;
+    a repo that is not a slimkit output, or a folder that is not one, is refused and nothing is written."""
+    import uuid
+
+    from huggingface_hub import HfApi, hf_hub_download
+
+    out = tmp_path / "out"
+    assert (
+        cli(
+            [
+                "compress",
+                hub_model,
+                "--ratio",
+                "0.3",
+                "--out",
+                str(out),
+                "--samples",
+                "4",
+                "--seq-len",
+                "32",
+                "--no-eval",
+            ]
+        )
+        == 0
+    )
+    assert (out / "README.md").read_text().startswith("---\nbase_model: tester/engine-tiny")
+    repo = f"tester/pushed-{uuid.uuid4().hex[:8]}"
+    capsys.readouterr()
+    assert cli(["push", str(out), repo]) == 0, capsys.readouterr().err
+    files = set(HfApi().list_repo_files(repo))
+    assert {"compression.json", "README.md", "config.json"} <= files
+    card_text = Path(hf_hub_download(repo, "README.md")).read_text()
+    assert f'from_pretrained("{repo}"' in card_text and "base_model: tester/engine-tiny" in card_text
+    assert HfApi().model_info(repo).private is True
+    assert cli(["push", str(out), repo]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert cli(["push", str(out), repo, "--overwrite"]) == 0
+    head = HfApi().model_info(hub_model).sha
+    assert cli(["push", str(out), hub_model, "--overwrite"]) == 2  # someone's model: never written over
+    assert "not a slimkit output" in capsys.readouterr().err and HfApi().model_info(hub_model).sha == head
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert cli(["push", str(foreign), f"tester/never-{uuid.uuid4().hex[:6]}"]) == 2
+
+
+def test_eval_takes_folders_and_hub_ids_with_coded_errors(local_hub, hub_model: str, tmp_path: Path, capsys) -> None:
+    """`slimkit eval` on a Hub id (a stock source, and a slim output pushed there: our own modeling file is
+    used, never the repo's), and coded errors, not tracebacks, for what is not a model."""
+    import json
+    import uuid
+
+    fast = ["--eval-max-tokens", "64", "--eval-seq-len", "32", "--device", "cpu"]
+    assert cli(["eval", hub_model, *fast]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["perplexity"] > 1
+    out = tmp_path / "out"
+    args = ["compress", hub_model, "--ratio", "0.3", "--out", str(out), "--samples", "4", "--seq-len", "32"]
+    assert cli([*args, "--no-eval"]) == 0
+    repo = f"tester/eval-{uuid.uuid4().hex[:8]}"
+    assert cli(["push", str(out), repo]) == 0
+    capsys.readouterr()
+    assert cli(["eval", repo, *fast]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == repo
+    (tmp_path / "empty").mkdir()
+    for bad, code in ((str(tmp_path / "empty"), "no_safetensors"), ("tester/no-such-model", "model_not_found")):
+        assert cli(["eval", bad, *fast]) == 2
+        assert f"error [{code}]" in capsys.readouterr().err

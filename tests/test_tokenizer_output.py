@@ -89,6 +89,7 @@ def test_compress_takes_over_no_remote_code(hostile: Path, tmp_path: Path) -> No
         *TOKENIZER_FILES,
         "generation_config.json",
         "compression.json",
+        "README.md",  # the model card
     }
     assert (out / "tokenizer.json").read_bytes() == (hostile / "tokenizer.json").read_bytes()
     generation = json.loads((out / "generation_config.json").read_text())

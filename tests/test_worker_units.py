@@ -229,7 +229,7 @@ def compressed(tmp_path_factory: pytest.TempPathFactory):
 def test_card_front_matter_and_body(compressed, monkeypatch) -> None:
     from huggingface_hub import ModelCard
 
-    from worker.card import render
+    from slimkit.card import render
 
     record = json.loads((compressed.out_dir / "compression.json").read_text())
     text = render(record, "tester/tiny-llama", "a" * 40, "alice/tiny-llama-intraslice-30", hub_url="http://hub")
@@ -251,7 +251,7 @@ def test_card_front_matter_and_body(compressed, monkeypatch) -> None:
 
 
 def test_card_reports_recovery(compressed) -> None:
-    from worker.card import render
+    from slimkit.card import render
 
     record = json.loads((compressed.out_dir / "compression.json").read_text())
     recipe = record["recipe"] | {"recovery": {"mode": "lora", "temperature": 2.0, "lr": 1e-3, "text": "mixed"}}

@@ -29,11 +29,11 @@ import torch
 from app import outputs
 from app.models import Job, JobStatus
 from app.settings import get_settings
-from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, RecoverySpec, TransActSpec, compress
+from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, RecoverySpec, TransActSpec, card, compress
 from slimkit.calibration import DEFAULT_CALIBRATION_TEXT
 from slimkit.errors import Cancelled, SlimError
 from slimkit.latency.workload import Workload
-from worker import card, claim, hub, reload_check
+from worker import claim, hub, reload_check
 
 log = logging.getLogger(__name__)
 
