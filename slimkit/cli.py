@@ -19,6 +19,7 @@ from pathlib import Path
 from slimkit import __version__, jobs_cli
 from slimkit.api import CompressionRequest, compress
 from slimkit.calibration import DEFAULT_CALIBRATION_TEXT, CalibrationSpec
+from slimkit.cli_progress import StageProgress
 from slimkit.devices import resolve_device
 from slimkit.errors import InvalidArgument, SlimError
 from slimkit.estimator import VARIANTS
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "the method, target and calibration options below are then taken from it",
     )
     c.add_argument("--overwrite", action="store_true", help="replace an earlier slimkit output in --out")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress output; only the summary")
     c.add_argument("--method", default="intraslice", choices=sorted(METHODS))
     target = c.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, help="fraction of decoder attention+MLP params to remove (0.3)")
@@ -252,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
             url = push_output(args.folder, args.repo_id, private=not args.public, overwrite=args.overwrite)
             print(f"pushed {args.folder} to {args.repo_id}: {url}")
         elif args.command == "compress":
-            result = compress(request, args.out, overwrite=args.overwrite)
+            stages = None if args.quiet else StageProgress()
+            result = compress(
+                request, args.out, progress=stages, show_progress=not args.quiet, overwrite=args.overwrite
+            )
+            if stages is not None:
+                stages.finish()
             finished = True
             print(_summary(result.record))
             print(f"saved to {result.out_dir}")

@@ -68,3 +68,15 @@ def test_from_recipe_reads_records_recipes_and_yaml(tmp_path: Path) -> None:
     assert CompressionRequest.from_recipe(inline, model="acme/x", calibration_text="some text").calibration.text
     with pytest.raises(InvalidArgument, match="no source model"):
         CompressionRequest.from_recipe({"method": "intraslice", "calibration": {"text": "mixed"}})
+
+
+def test_cli_reports_every_stage_or_nothing_when_quiet(tiny_llama_gqa: Path, tmp_path: Path, capsys) -> None:
+    args = ["compress", str(tiny_llama_gqa), "--ratio", "0.25", *FAST]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    for stage in ("load the model", "calibration data", "compress", "save", "verify the reload"):
+        assert f"{stage}: done in" in err, err
+    assert "compress: 2/2 layers" in err
+    assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "done in" not in quiet.err and "saved to" in quiet.out
