@@ -16,8 +16,41 @@ from fastapi.staticfiles import StaticFiles
 ASSETS = "/docs-assets"
 
 
+# FastAPI's own 422 schemas come without field descriptions; the API promises one on every response field.
+VALIDATION_FIELDS = {
+    "HTTPValidationError": {"detail": "one entry per refused field"},
+    "ValidationError": {
+        "loc": "where the problem is, e.g. ['body', 'target', 'ratio']",
+        "msg": "what is wrong with it",
+        "type": "machine-readable error type, e.g. missing, greater_than, value_error",
+        "input": "the refused value, when short (long values are not echoed)",
+        "ctx": "details of the rule that failed, e.g. the limit",
+    },
+}
+
+
+def describe_validation_errors(app: FastAPI) -> None:
+    """Add descriptions to the generated 422 schemas, once, when the OpenAPI document is first built."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.get("components", {}).get("schemas", {})
+            for name, fields in VALIDATION_FIELDS.items():
+                for field, text in fields.items():
+                    prop = components.get(name, {}).get("properties", {}).get(field)
+                    if prop is not None:
+                        prop.setdefault("description", text)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     """Mount the assets and the two pages; the app must be created with `docs_url=None, redoc_url=None`."""
+    describe_validation_errors(app)
     app.mount(ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
     title = app.title
 

@@ -10,38 +10,43 @@ from pydantic import BaseModel, Field
 
 
 class JobError(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="machine-readable: model_not_found, out_of_memory, hub_push_failed, … (README)")
+    message: str = Field(description="what happened and which lever to pull; never contains server paths")
 
 
 class Progress(BaseModel):
-    stage: str | None = None
-    layer: int | None = None
-    layers: int | None = None
-    fraction: float | None = None
+    stage: str | None = Field(None, description="the stage running: download, calibrate, compress, recover, push, …")
+    layer: int | None = Field(None, description="layers done within the stage")
+    layers: int | None = Field(None, description="layers the stage goes through")
+    fraction: float | None = Field(None, description="how far the stage is, 0 to 1")
     tokens: int | None = Field(None, description="recovery: training tokens done")
     tokens_total: int | None = Field(None, description="recovery: the token budget")
     loss: float | None = Field(None, description="recovery: the last step's distillation loss")
 
 
 class JobOut(BaseModel):
-    id: uuid.UUID
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    stage: str | None
-    progress: Progress | None
-    model: str
-    revision: str
-    revision_sha: str | None
-    method: str
-    request: dict[str, Any]
-    cancel_requested: bool
-    error: JobError | None
-    result: dict[str, Any] | None
-    stage_timings: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    id: uuid.UUID = Field(description="the job's id")
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
+        description="queued → running → succeeded / failed / cancelled"
+    )
+    stage: str | None = Field(description="the current (or, when finished, the final) stage")
+    progress: Progress | None = Field(description="where the running stage is")
+    model: str = Field(description="the source model's Hub id")
+    revision: str = Field(description="the revision asked for")
+    revision_sha: str | None = Field(description="the commit it resolved to (what is compressed)")
+    method: str = Field(description="the compression method")
+    request: dict[str, Any] = Field(description="the request as it will run: defaults resolved, output repo named")
+    cancel_requested: bool = Field(description="a cancel was asked for (a running job stops at the next boundary)")
+    error: JobError | None = Field(description="why a failed job failed")
+    result: dict[str, Any] | None = Field(
+        description="a succeeded job's outcome: repo id, commit and URL, params and perplexity before/after, "
+        "achieved ratio, KV cache per token, recovery, speed-up, time per stage"
+    )
+    stage_timings: dict[str, Any] | None = Field(description="wall seconds per finished stage")
+    created_at: datetime = Field(description="when it was submitted")
+    updated_at: datetime = Field(description="its last change")
+    started_at: datetime | None = Field(description="when a worker claimed it (the last attempt)")
+    finished_at: datetime | None = Field(description="when it reached its final state")
     callback_secret: str | None = Field(
         None,
         description="the generated signing secret of `callback`: only in the response that created the job",
@@ -76,7 +81,7 @@ class JobOut(BaseModel):
 
 
 class JobPage(BaseModel):
-    data: list[JobOut]
+    data: list[JobOut] = Field(description="jobs, newest first")
     next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null at the end")
 
 
@@ -89,20 +94,20 @@ def utc(value: datetime | None) -> datetime | None:
 
 class FieldError(BaseModel):
     loc: list[str | int] = Field(description="where the problem is, e.g. ['body', 'output', 'repo_id']")
-    msg: str
-    type: str
+    msg: str = Field(description="what is wrong with it")
+    type: str = Field(description="machine-readable error type, e.g. missing, value_error, output_forbidden")
 
 
 class FieldErrors(BaseModel):
     """A refusal that names the field responsible (the shape of FastAPI's 422 validation errors)."""
 
-    detail: list[FieldError]
+    detail: list[FieldError] = Field(description="one entry per refused field")
 
 
 class Message(BaseModel):
     """An error with a human-readable message."""
 
-    detail: str
+    detail: str = Field(description="the message")
 
 
 # Answers every authenticated route can give, documented once for the OpenAPI page.

@@ -91,23 +91,23 @@ class WatchPatch(Strict):
 
 
 class WatchOut(BaseModel):
-    id: uuid.UUID
-    name: str
-    authors: list[str]
-    name_pattern: str
-    architectures: list[str] | None
-    min_params: int | None
-    max_params: int | None
-    templates: list[dict[str, Any]]
-    new_commits: bool
-    quiet_period_s: int
-    paused: bool
+    id: uuid.UUID = Field(description="the rule's id")
+    name: str = Field(description="its label")
+    authors: list[str] = Field(description="watched Hub users or organisations")
+    name_pattern: str = Field(description="glob on the repo name")
+    architectures: list[str] | None = Field(description="model_type values taken (null: any supported)")
+    min_params: int | None = Field(description="releases with fewer parameters are skipped")
+    max_params: int | None = Field(description="releases with more parameters are skipped")
+    templates: list[dict[str, Any]] = Field(description="the job bodies run for each release, defaults resolved")
+    new_commits: bool = Field(description="whether a new commit of a taken repo is a new release")
+    quiet_period_s: int = Field(description="seconds without a commit before a release is taken")
+    paused: bool = Field(description="a paused rule records and creates nothing")
     callback: dict[str, Any] | None = Field(description="url and stage_events of the rule's callback")
     callback_secret: str | None = Field(
         None, description="the generated signing secret of `callback`: only in the response that created the rule"
     )
-    created_at: datetime
-    updated_at: datetime
+    created_at: datetime = Field(description="when the rule was created (it takes releases from then on)")
+    updated_at: datetime = Field(description="its last change")
 
     @classmethod
     def of(cls, watch: Any, callback: Any = None, callback_secret: str | None = None) -> WatchOut:
@@ -131,14 +131,14 @@ class WatchOut(BaseModel):
 
 
 class WatchEventOut(BaseModel):
-    id: uuid.UUID
-    kind: Literal["detected", "skipped", "jobs_created"]
-    repo_id: str
-    revision_sha: str | None
-    source: Literal["webhook", "poller"]
+    id: uuid.UUID = Field(description="the event's id")
+    kind: Literal["detected", "skipped", "jobs_created"] = Field(description="what happened")
+    repo_id: str = Field(description="the release's repo")
+    revision_sha: str | None = Field(description="the release's commit")
+    source: Literal["webhook", "poller"] = Field(description="which path saw it")
     reason: str | None = Field(description="why a release was skipped")
-    job_ids: list[str] | None
-    created_at: datetime
+    job_ids: list[str] | None = Field(description="the jobs created (jobs_created)")
+    created_at: datetime = Field(description="when it was recorded")
 
     @classmethod
     def of(cls, event: Any) -> WatchEventOut:

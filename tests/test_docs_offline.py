@@ -29,3 +29,32 @@ def test_docs_pages_load_nothing_from_outside(client: TestClient, page: str) -> 
         got = client.get(asset)
         assert got.status_code == 200 and (len(got.content) > 1000 or asset.endswith(".png")), asset
     assert "/openapi.json" in html and client.get("/openapi.json").status_code == 200
+
+
+def test_every_response_field_has_a_description(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    pending = [
+        content["schema"]
+        for path in spec["paths"].values()
+        for operation in path.values()
+        for response in operation.get("responses", {}).values()
+        for content in response.get("content", {}).values()
+        if "schema" in content
+    ]
+    seen: set[str] = set()
+    missing = []
+    while pending:
+        schema = pending.pop()
+        if "$ref" in schema:
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            if name not in seen:
+                seen.add(name)
+                for field, prop in schemas[name].get("properties", {}).items():
+                    if "description" not in prop:
+                        missing.append(f"{name}.{field}")
+                    pending.append(prop)
+            continue
+        pending += [s for key in ("anyOf", "allOf", "oneOf") for s in schema.get(key, [])]
+        pending += [schema[key] for key in ("items", "additionalProperties") if isinstance(schema.get(key), dict)]
+    assert seen and not missing, missing
