@@ -139,14 +139,17 @@ def set_progress(
     progress = {"stage": stage, "layer": layer, "layers": layers, "fraction": fraction} | (extra or {})
     with _session() as session:
         now = db_now(session)
-        previous = session.scalar(select(Job.stage).where(Job.id == _id(job_id)))
+        before = session.execute(select(Job.stage, Job.progress).where(Job.id == _id(job_id))).one_or_none()
+        previous, previous_progress = before if before is not None else (None, None)
         done = session.execute(
             update(Job)
             .where(*_held(job_id, worker))
             .values(stage=stage, progress=progress, lease_until=now + lease, updated_at=now)
         )
-        if done.rowcount == 1:
-            job_events.append(session, job_id, "stage" if previous != stage else "progress")
+        if done.rowcount == 1 and previous != stage:
+            job_events.append(session, job_id, "stage")
+        elif done.rowcount == 1 and progress != previous_progress:  # a lease-renewing rewrite is not an event
+            job_events.append(session, job_id, "progress")
         if done.rowcount == 1 and previous != stage:
             enqueue_job_event(session, job_id, stage=stage)  # for subscriptions that asked for stage changes
         session.commit()

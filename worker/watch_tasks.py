@@ -118,7 +118,9 @@ def poll(session: Session, api: HfApi) -> int:
     limit = get_settings().watch_poll_limit
     for author, oldest_rule in sorted(since.items()):
         try:
-            listing = list(api.list_models(author=author, sort="last_modified", limit=limit))
+            listing = list(
+                api.list_models(author=author, sort="last_modified", limit=limit, expand=["lastModified", "sha"])
+            )
         except Exception as err:
             log.warning("could not list the models of %s (%s); next period", author, type(err).__name__)
             continue
