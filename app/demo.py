@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             logs,
         )
         wait_http(f"http://127.0.0.1:{api_port}/healthz", 60, api)
+        print(f"dashboard while the demo runs: http://127.0.0.1:{api_port}/ui (sign in with this API token: {token})")
         headers = {"Authorization": f"Bearer {token}"}
         body = {
             "model": SOURCE_REPO,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app import docs, errors
-from app.routes import health, hooks, jobs, watches
+from app.routes import health, hooks, jobs, ui, watches
 
 
 def create_app() -> FastAPI:
@@ -23,6 +26,8 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(watches.router)
     app.include_router(hooks.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=str(Path(__file__).parent / "ui" / "static")), name="ui-static")
     return app
 
 

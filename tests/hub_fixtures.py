@@ -72,6 +72,21 @@ def serve(app: FastAPI, port: int) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@contextmanager
+def serve_api() -> Iterator[str]:
+    """The slimkit API (a fresh app) over real HTTP on a free port, for clients that need a socket (httpx
+    streaming, a browser, the Hub's webhooks)."""
+    import socket
+
+    from app.main import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with serve(create_app(), port) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
     endpoint = os.environ.get("HF_ENDPOINT", "")

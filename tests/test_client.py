@@ -4,25 +4,19 @@ Celery worker subprocess, Postgres, Redis and the local Hub."""
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from slimkit.cli import main
 from slimkit.client import Client, InvalidRequest, NotFound
-from tests.hub_fixtures import serve
+from tests.hub_fixtures import serve_api
 from tests.test_worker_e2e import FAST, sources, worker  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
 def api_url(db, worker) -> Iterator[str]:  # noqa: F811
-    from app.main import create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with serve(create_app(), port) as url:
+    with serve_api() as url:
         yield url
 
 
