@@ -174,12 +174,16 @@ def test_output_has_normal_permissions(tiny_llama_gqa: Path, tmp_path: Path) -> 
 
 
 # The real CLI in a subprocess; the reload check is replaced by a pause that says where the run is, so the
-# SIGINT lands, deterministically, while the finished output sits in its temporary sibling.
+# SIGINT lands, deterministically, while the finished output sits in its temporary sibling. Python's own
+# Ctrl-C handler is installed explicitly: a test run started as a shell background job inherits SIGINT as
+# ignored (POSIX), and Python then installs no handler at all.
 DRIVER = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 import slimkit.api
 from slimkit.cli import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def pause(model, folder, ids, tol=1e-3):
     Path(sys.argv[1]).write_text(str(folder))
