@@ -46,6 +46,14 @@ def create_token(session: Session, owner: str, name: str = "", output_patterns: 
     return token
 
 
+def active_token(session: Session, token: str) -> ApiToken | None:
+    """The row of a valid, unrevoked API token (looked up by its peppered hash); None otherwise."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    return row if row is not None and row.revoked_at is None else None
+
+
 @dataclass(frozen=True)
 class Caller:
     owner: str
@@ -59,10 +67,8 @@ def current_caller(
     unauthorized = HTTPException(
         status.HTTP_401_UNAUTHORIZED, "missing or invalid API token", headers={"WWW-Authenticate": "Bearer"}
     )
-    if credentials is None or not credentials.credentials.startswith(TOKEN_PREFIX):
-        raise unauthorized
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(credentials.credentials)))
-    if row is None or row.revoked_at is not None:
+    row = active_token(session, credentials.credentials) if credentials is not None else None
+    if row is None:
         raise unauthorized
     return Caller(row.owner, row.id, row.output_patterns)
 

@@ -15,10 +15,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.db import session_factory
 from app.models import Job, JobEvent
 
 KINDS = ("queued", "stage", "progress", "cancel_requested", "terminal")
@@ -94,3 +97,10 @@ async def stream(
         if idle >= KEEPALIVE_S:
             idle = 0.0
             yield ": keep-alive\n\n"
+
+
+def streaming_response(job_id: uuid.UUID, after: int, request: Request) -> StreamingResponse:
+    """The `text/event-stream` answer for a job the caller may see (the API's and the dashboard's route)."""
+    frames = stream(session_factory(), job_id, after, request.is_disconnected)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
+    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)

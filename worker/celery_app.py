@@ -107,17 +107,3 @@ celery_app = make_celery()
 def enqueue(job_id: str) -> None:
     """Send the job's message (task id = job id, so duplicates are recognisable in broker tools)."""
     celery_app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=get_settings().gpu_queue)
-
-
-def send_watch_task() -> None:
-    """Ask a watcher to process pending Hub notifications now (their rows are already committed); every broker
-    wait bounded by `broker_timeout_s`, no retries (the next beat period does the same work)."""
-    settings = get_settings()
-    with celery_app.connection_for_write(url=settings.broker_url) as conn:
-        if not settings.broker_url.startswith("filesystem://"):
-            conn.transport_options.update(
-                socket_timeout=settings.broker_timeout_s, socket_connect_timeout=settings.broker_timeout_s
-            )
-        celery_app.send_task(
-            PROCESS_HUB_NOTIFICATIONS, queue=settings.control_queue, expires=600, connection=conn, retry=False
-        )

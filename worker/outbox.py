@@ -19,13 +19,14 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
 from app.db import session_factory
 from app.models import Job, JobStatus
 from app.settings import get_settings
-from worker.celery_app import RUN_JOB, celery_app
+from worker.celery_app import PROCESS_HUB_NOTIFICATIONS, RUN_JOB, celery_app
 from worker.claim import db_now
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,21 @@ class BrokerUnavailable(Exception):
 
 
 def send(job_id: str) -> None:
-    """Publish the job's message (task id = job id) with every broker wait bounded by `broker_timeout_s`.
+    """Publish the job's message (task id = job id); see `publish_bounded`."""
+    publish_bounded(RUN_JOB, args=[job_id], task_id=job_id, queue=get_settings().gpu_queue)
 
-    No retries here: the row stays unpublished and the dispatcher tries again. After a failure this process
-    leaves the broker alone for a few seconds, so a hung broker cannot pile up waiting threads in the API.
+
+def send_watch_nudge() -> None:
+    """Ask a watcher to process pending Hub notifications now (their rows are already committed; if this
+    fails, the next beat period does the same work)."""
+    publish_bounded(PROCESS_HUB_NOTIFICATIONS, queue=get_settings().control_queue, expires=600)
+
+
+def publish_bounded(task: str, **options: Any) -> None:
+    """Send one task message with every broker wait bounded by `broker_timeout_s`.
+
+    No retries here: the caller's row stays as it was and a periodic task tries again. After a failure this
+    process leaves the broker alone for a few seconds, so a hung broker cannot pile up waiting threads in the API.
     """
     global _broker_down_until
     settings = get_settings()
@@ -53,9 +65,7 @@ def send(job_id: str) -> None:
                 conn.transport_options.update(
                     socket_timeout=settings.broker_timeout_s, socket_connect_timeout=settings.broker_timeout_s
                 )
-            celery_app.send_task(
-                RUN_JOB, args=[job_id], task_id=job_id, queue=settings.gpu_queue, connection=conn, retry=False
-            )
+            celery_app.send_task(task, connection=conn, retry=False, **options)
     except Exception:
         with _breaker:
             _broker_down_until = time.monotonic() + max(5.0, settings.dispatch_interval_s)

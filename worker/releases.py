@@ -22,6 +22,8 @@ from typing import Literal
 
 from huggingface_hub import HfApi
 
+from app.responses import utc
+
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -50,8 +52,8 @@ class Release:
         return cls(
             repo_id=info.id,
             sha=str(info.sha),
-            created_at=_aware(info.created_at),
-            last_commit_at=_aware(info.last_modified) or datetime.now(UTC),
+            created_at=utc(info.created_at),
+            last_commit_at=utc(info.last_modified) or datetime.now(UTC),
             files=frozenset(s.rfilename for s in info.siblings or []),
         )
 
@@ -61,10 +63,6 @@ class Verdict:
     state: Literal["waiting", "skipped", "ready"]
     reason: str | None = None
     recheck_in_s: float | None = None  # waiting: when looking again can change the answer (None: next poll)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def upload_state(api: HfApi, release: Release, quiet_period_s: int, now: datetime) -> Verdict:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.db import session_factory
 from app.models import HubNotification, Watch
+from app.responses import utc
 from app.settings import get_settings
 from worker import watcher
 from worker.celery_app import PROCESS_HUB_NOTIFICATIONS, RECONCILE_WATCHES, celery_app
@@ -111,7 +112,7 @@ def poll(session: Session, api: HfApi) -> int:
     rules = session.scalars(select(Watch).where(~Watch.paused)).all()
     session.commit()
     for rule in rules:
-        created = watcher.aware(rule.created_at)
+        created = utc(rule.created_at)
         for author in rule.authors:
             since[author] = min(since.get(author, created), created)
     seen = 0
@@ -125,7 +126,7 @@ def poll(session: Session, api: HfApi) -> int:
             log.warning("could not list the models of %s (%s); next period", author, type(err).__name__)
             continue
         for info in listing:
-            changed = watcher.aware(info.last_modified) if info.last_modified else None
+            changed = utc(info.last_modified) if info.last_modified else None
             if changed is not None and changed < oldest_rule:
                 break  # sorted newest first: nothing older can be new to a rule
             if not any(watcher.watches_repo(rule, info.id) for rule in rules):

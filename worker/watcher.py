@@ -35,6 +35,7 @@ from app.auth import Caller
 from app.db import insert_ignoring_conflicts
 from app.models import ApiToken, Job, OutputRepo, Watch, WatchEvent, WatchRelease, WatchSighting
 from app.outputs import OutputRefused
+from app.responses import utc
 from app.schemas import JobCreate
 from worker import releases
 from worker.releases import Release, Verdict
@@ -54,7 +55,7 @@ def rules_for(session: Session, repo_id: str) -> list[Watch]:
 
 def is_new_for(rule: Watch, release: Release) -> bool:
     """Repos created after the rule; with `new_commits`, also commits made after it."""
-    since = aware(rule.created_at)
+    since = utc(rule.created_at)
     if release.created_at is not None and release.created_at >= since:
         return True
     return rule.new_commits and release.last_commit_at >= since
@@ -90,11 +91,6 @@ def consider(session: Session, api: HfApi, repo_id: str, source: str, now: datet
             wait = verdict.recheck_in_s if verdict.recheck_in_s is not None else float("inf")
             recheck = wait if recheck is None else min(recheck, wait)
     return recheck
-
-
-def aware(value: datetime) -> datetime:
-    """SQLite returns naive datetimes; everything is stored in UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _superseded(session: Session, rule: Watch, release: Release) -> bool:

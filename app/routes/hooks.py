@@ -71,9 +71,9 @@ async def hub_webhook(
 
 def nudge_watcher() -> None:
     """Best effort, after the response: ask the watcher to look now instead of at its next period."""
-    from worker.celery_app import send_watch_task  # Celery only; the API image has no engine
+    from worker.outbox import send_watch_nudge  # Celery only; the API image has no engine
 
     try:
-        send_watch_task()
+        send_watch_nudge()
     except Exception as err:  # broker down: the notification is in the database; the next beat processes it
         log.warning("watcher not nudged (%s); the next poll period processes the notification", type(err).__name__)

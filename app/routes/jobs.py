@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import job_events, jobs
 from app.auth import CallerDep
-from app.db import SessionDep, session_factory
+from app.db import SessionDep
 from app.models import JobStatus
 from app.outputs import OutputRefused
 from app.responses import AUTH_ERRORS, BODY_ERRORS, FieldErrors, JobOut, JobPage, Message
@@ -164,6 +164,4 @@ async def job_event_stream(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "job not found")
     await run_in_threadpool(session.close)  # the stream opens its own short sessions
     start = last_event_id if last_event_id is not None else after or 0
-    frames = job_events.stream(session_factory(), job_id, start, request.is_disconnected)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
-    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+    return job_events.streaming_response(job_id, start, request)

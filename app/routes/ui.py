@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, Form, Header, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import job_events, jobs, watches
 from app.auth import Caller
-from app.db import SessionDep, session_factory
+from app.db import SessionDep
 from app.models import Job, JobStatus
 from app.ui import plots, views
 from app.ui import session as ui_session
@@ -125,15 +125,18 @@ def cancel(
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events_page(job_id: uuid.UUID, request: Request, session: SessionDep) -> StreamingResponse:
+async def job_events_page(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,  # EventSource sends it when it reconnects
+) -> StreamingResponse:
     """The API's event stream, for the signed-in owner (EventSource cannot send a bearer token)."""
     caller = await run_in_threadpool(_signed_in, session, request)
     if await run_in_threadpool(jobs.get_job, session, caller.owner, job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "job not found")
     await run_in_threadpool(session.close)
-    start = int(request.headers.get("last-event-id") or 0)
-    frames = job_events.stream(session_factory(), job_id, start, request.is_disconnected)
-    return StreamingResponse(frames, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return job_events.streaming_response(job_id, last_event_id or 0, request)
 
 
 @router.get("/models/{model:path}", response_class=HTMLResponse)

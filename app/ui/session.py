@@ -16,10 +16,9 @@ import time
 import uuid
 
 from fastapi import Request, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.auth import TOKEN_PREFIX, Caller, hash_token
+from app.auth import Caller, active_token
 from app.models import ApiToken
 from app.settings import get_settings
 
@@ -38,10 +37,8 @@ def _sign(payload: str) -> str:
 
 def sign_in(session: Session, token: str) -> str | None:
     """The cookie value for a valid, unrevoked API token; None otherwise."""
-    if not token.startswith(TOKEN_PREFIX):
-        return None
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    if row is None or row.revoked_at is not None:
+    row = active_token(session, token)
+    if row is None:
         return None
     payload = f"{row.id}.{int(time.time()) + LIFETIME_S}.{secrets.token_hex(8)}"
     return f"{payload}.{_sign(payload)}"
