@@ -210,7 +210,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def list_jobs(
-    session: Session, owner: str, status: JobStatus | None, model: str | None, limit: int, cursor: str | None
+    session: Session,
+    owner: str,
+    status: JobStatus | None,
+    model: str | None,
+    limit: int,
+    cursor: str | None,
+    method: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """Newest first; the cursor is the (created_at, id) of the last row returned, so pages never drift."""
     query = select(Job).where(Job.owner == owner)
@@ -218,6 +224,8 @@ def list_jobs(
         query = query.where(Job.status == status)
     if model is not None:
         query = query.where(Job.model == model)
+    if method is not None:
+        query = query.where(Job.method == method)
     if cursor is not None:
         created, last_id = decode_cursor(cursor)
         if session.get_bind().dialect.name == "sqlite":

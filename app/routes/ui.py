@@ -85,8 +85,8 @@ def jobs_page(
 ) -> HTMLResponse:
     caller = _signed_in(session, request)
     wanted = JobStatus(status_) if status_ in {s.value for s in JobStatus} else None
-    rows, _ = jobs.list_jobs(session, caller.owner, wanted, model or None, PAGE, None)
-    shown = [views.job_view(job) for job in rows if not method or job.method == method]
+    rows, _ = jobs.list_jobs(session, caller.owner, wanted, model or None, PAGE, None, method or None)
+    shown = [views.job_view(job) for job in rows]
     return _page(
         request,
         "jobs.html",
