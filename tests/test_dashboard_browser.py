@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright (never a downloaded browser), the API
-served over HTTP. Sign in, follow a job live to its end, read the plot, cancel from the UI, and fail to reach
-another owner's job. With SLIMKIT_SCREENSHOTS=DIR the pages are saved there (the README's pictures).
+served over HTTP. Sign in, follow a job live to its end (scripted stages for the screenshots, and a real job
+run by a real Celery worker), read the plot, cancel from the UI, and fail to reach another owner's job. With
+SLIMKIT_SCREENSHOTS=DIR the pages are saved there (the README's pictures).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.hub_fixtures import serve_api
 from tests.test_api import BODY, auth, hub_models  # noqa: F401  (hub_models is a fixture)
 from tests.test_dashboard import finished_job
 from tests.test_job_events import run_like_a_worker
+from tests.test_worker_e2e import FAST, sources, worker  # noqa: F401  (fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium)")
@@ -76,13 +78,13 @@ def test_dashboard_in_a_real_browser(site: str, browser: object, make_token, loc
     assert page.locator(f'tr[data-job="{live}"] .status').inner_text().startswith("queued")
 
     page.goto(f"{site}/ui/jobs/{live}")  # follow the job live: the page updates, then reloads at the end
-    worker = threading.Thread(target=run_like_a_worker, args=(live, 0.8))
-    worker.start()
+    scripted = threading.Thread(target=run_like_a_worker, args=(live, 0.8))
+    scripted.start()
     try:  # the page's CSP forbids eval, so waits go through locators
         expect(page.locator(".state .stage")).to_have_text("compress", timeout=30_000)
         shot(page, "job-running")
     finally:
-        worker.join()
+        scripted.join()
     expect(page.locator(".state .status")).to_have_text("succeeded", timeout=30_000)
     assert page.locator("table.timeline td", has_text="download").count() == 1
     shot(page, "job")
@@ -115,3 +117,34 @@ def test_dashboard_in_a_real_browser(site: str, browser: object, make_token, loc
     intruder = signed_in(browser, site, bob)
     response = intruder.goto(f"{site}/ui/jobs/{live}")
     assert response.status == 404 and live not in intruder.goto(f"{site}/ui").text()
+
+
+def test_follow_a_real_job_run_by_a_celery_worker(site: str, browser: object, make_token, worker, sources) -> None:  # noqa: F811
+    """The job page of a queued job, then a real worker runs it: the page follows the event stream and reloads
+    itself once on the terminal event, showing every stage the worker went through.
+
+    The worker stops consuming until the page is open, so the page sees the job from its start on a machine of
+    any speed (no timing luck): the reload proves the terminal event arrived over the stream.
+    """
+    from playwright.sync_api import expect
+
+    from slimkit.client import Client
+
+    token = make_token("alice")
+    control = worker.app.control
+    assert control.cancel_consumer("gpu", destination=[worker.name], reply=True)
+    try:
+        with Client(site, token) as api:
+            job = api.submit(sources["deep"], ratio=0.3, output={"push": False}, **FAST)
+        page = signed_in(browser, site, token)
+        loads: list[str] = []
+        page.on("load", lambda p: loads.append(p.url))
+        page.goto(f"{site}/ui/jobs/{job.id}")
+        expect(page.locator(".state .status")).to_have_text("queued")
+    finally:
+        assert control.add_consumer("gpu", destination=[worker.name], reply=True)
+    expect(page.locator(".state .status")).to_have_text("succeeded", timeout=180_000)
+    expect(page.locator("table.timeline td", has_text="compress")).to_have_count(1)
+    assert len(loads) == 2, loads  # our navigation, then the page's own reload after the terminal event
+    stages = page.locator("table.timeline td:first-child").all_inner_texts()
+    assert {"download", "compress"} <= set(stages), stages
