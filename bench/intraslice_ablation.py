@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mlp-step", type=int, help="MLP channels dropped in multiples of this")
     p.add_argument("--compensation-target", choices=("layer", "dense"), help="what the least squares fit")
     p.add_argument("--order", choices=("attention_first", "mlp_first"))
+    p.add_argument("--ridge-prior", choices=("zero", "plain"), help="what the o_proj ridge shrinks towards")
     p.add_argument("--seed", type=int, default=0, help="calibration seed")
     p.add_argument("--no-compensation", action="store_true", help="intraslice-nocomp: no least squares")
     p.add_argument("--dtype", help="load (and store) the weights in this dtype, e.g. float32 (default: bfloat16)")
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def knobs(args: argparse.Namespace) -> dict[str, Any]:
     """The options that differ from the engine's defaults (what the row label shows)."""
-    names = ("damping", "head_step", "mlp_step", "compensation_target", "order")
+    names = ("damping", "head_step", "mlp_step", "compensation_target", "order", "ridge_prior")
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 

@@ -27,6 +27,14 @@ def solve_psd(A: torch.Tensor, B: torch.Tensor, frac: float = DAMP) -> torch.Ten
     raise torch.linalg.LinAlgError("second-moment matrix is not positive definite even with heavy damping")
 
 
+def solve_psd_toward(A: torch.Tensor, B: torch.Tensor, prior: torch.Tensor, frac: float = DAMP) -> torch.Tensor:
+    """X = (A + δI)^{-1} (B + δ·prior): the ridge solution shrunk towards `prior` instead of towards zero.
+
+    Written as prior + (A + δI)^{-1} (B − A·prior), the same δ (and escalation) as `solve_psd`.
+    """
+    return prior + solve_psd(A, B - A @ prior, frac)
+
+
 def eigh_desc(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (descending, clamped at 0) and matching eigenvector columns of a symmetric matrix."""
     values, vectors = torch.linalg.eigh(H)

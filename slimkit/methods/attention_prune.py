@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from slimkit.layerwise import LayerContext, Replacement
-from slimkit.linalg import DAMP, eigh_desc, reconstruction_error, solve_psd
+from slimkit.linalg import DAMP, eigh_desc, reconstruction_error, solve_psd, solve_psd_toward
 from slimkit.methods.attention_stats import AttentionStats, collect_attention_stats, collect_masked_moments
 from slimkit.methods.head_plan import HeadPlan, pair_scores, search_plan
 from slimkit.shapes import attention_params
@@ -28,6 +28,9 @@ class AttentionRecipe:
     compensate: bool
     damping: float = DAMP  # δ of the o_proj least squares, as a fraction of the mean diagonal
     head_step: int | None = None  # head-width grid; None: automatic (`head_plan.width_step`)
+    # What the o_proj ridge shrinks towards: "zero" (plain ridge, the paper's) or "plain" (the uncompensated
+    # projection W_o P, so more damping means less compensation instead of a smaller output).
+    ridge_prior: str = "zero"
 
 
 def _spectra(stats: AttentionStats, scores: torch.Tensor, n_h: int, width: int, basis: str) -> torch.Tensor:
@@ -123,7 +126,11 @@ def prune_attention(ctx: LayerContext, ratio: float, recipe: AttentionRecipe) ->
     if H_t is not None:
         report["error_plain"] = reconstruction_error(W_o, stats.H, W_plain, P, H_t, C)
     if recipe.compensate:
-        M = solve_psd(P.T @ H_t @ P, P.T @ C, recipe.damping)  # (K_eff, D)
+        A, B = P.T @ H_t @ P, P.T @ C  # (K_eff, K_eff), (K_eff, D)
+        if recipe.ridge_prior == "plain":
+            M = solve_psd_toward(A, B, P.T.contiguous(), recipe.damping)
+        else:
+            M = solve_psd(A, B, recipe.damping)  # (K_eff, D)
         W_new = W_o @ M.T
         report["error_compensated"] = reconstruction_error(W_o, stats.H, W_new, P, H_t, C)
     else:

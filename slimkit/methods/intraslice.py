@@ -29,6 +29,7 @@ class IntraSliceOptions:
     # "dense" = the uncompressed model's activations (each layer also corrects the error of earlier ones).
     compensation_target: str = "layer"
     order: str = "attention_first"  # or "mlp_first" (ablation: the MLP fitted through the unpruned attention)
+    ridge_prior: str = "zero"  # o_proj least squares shrunk towards zero, or "plain": towards W_o P
 
     def __post_init__(self) -> None:
         if self.damping <= 0:
@@ -37,6 +38,8 @@ class IntraSliceOptions:
             raise ValueError(f"mlp_step must be >= 1, got {self.mlp_step}")
         if self.compensation_target not in ("layer", "dense"):
             raise ValueError(f"compensation_target must be 'layer' or 'dense', got {self.compensation_target!r}")
+        if self.ridge_prior not in ("zero", "plain"):
+            raise ValueError(f"ridge_prior must be 'zero' or 'plain', got {self.ridge_prior!r}")
         if self.order not in ("attention_first", "mlp_first"):
             raise ValueError(f"order must be 'attention_first' or 'mlp_first', got {self.order!r}")
 
@@ -55,6 +58,7 @@ class IntraSlice:
             compensate=compensate,
             damping=self.options.damping,
             head_step=self.options.head_step,
+            ridge_prior=self.options.ridge_prior,
         )
 
     def with_head_step(self, step: int) -> IntraSlice:
