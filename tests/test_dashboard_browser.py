@@ -87,7 +87,6 @@ def test_dashboard_in_a_real_browser(site: str, browser: object, make_token, loc
         scripted.join()
     expect(page.locator(".state .status")).to_have_text("succeeded", timeout=30_000)
     assert page.locator("table.timeline td", has_text="download").count() == 1
-    shot(page, "job")
 
     page.goto(f"{site}/ui")
     shot(page, "jobs")
@@ -135,7 +134,7 @@ def test_follow_a_real_job_run_by_a_celery_worker(site: str, browser: object, ma
     assert control.cancel_consumer("gpu", destination=[worker.name], reply=True)
     try:
         with Client(site, token) as api:
-            job = api.submit(sources["deep"], ratio=0.3, output={"push": False}, **FAST)
+            job = api.submit(sources["deep"], ratio=0.3, **FAST)
         page = signed_in(browser, site, token)
         loads: list[str] = []
         page.on("load", lambda p: loads.append(p.url))
@@ -147,4 +146,11 @@ def test_follow_a_real_job_run_by_a_celery_worker(site: str, browser: object, ma
     expect(page.locator("table.timeline td", has_text="compress")).to_have_count(1)
     assert len(loads) == 2, loads  # our navigation, then the page's own reload after the terminal event
     stages = page.locator("table.timeline td:first-child").all_inner_texts()
-    assert {"download", "compress"} <= set(stages), stages
+    assert {"download", "compress", "push"} <= set(stages), stages
+    names, values = (page.locator(f"table.metrics {cell}").all_inner_texts() for cell in ("th", "td"))
+    metrics = dict(zip(names, values, strict=True))
+    assert "Perplexity" in metrics and "→" in metrics["Perplexity"], metrics
+    with Client(site, token) as api:
+        pushed = api.get(job.id).result["repo_id"]
+    expect(page.locator("a", has_text=pushed)).to_have_count(1)
+    shot(page, "job")
