@@ -139,8 +139,25 @@ def test_free_head_widths_and_fine_mlp_steps(tiny_llama_gqa: Path) -> None:
     assert all(r["mlp_error_compensated"] < r["mlp_error_plain"] for r in reports)
 
 
+def test_ridge_prior_decides_what_heavy_damping_shrinks_towards(tiny_llama_gqa: Path) -> None:
+    # Plain ridge shrinks o_proj's least squares towards zero, i.e. towards no attention output at all;
+    # shrunk towards the uncompensated projection, heavy damping falls back to it and light damping still fits.
+    def errors(prior: str, damping: float) -> list[tuple[float, float]]:
+        options = IntraSliceOptions(head_step=2, damping=damping, ridge_prior=prior)
+        reports = run_with(tiny_llama_gqa, IntraSlice(options=options))[1]
+        return [(r["attention_error_compensated"], r["attention_error_plain"]) for r in reports]
+
+    for compensated, plain in errors("plain", 1e4):
+        assert compensated == pytest.approx(plain, rel=1e-2)
+    for compensated, plain in errors("zero", 1e4):
+        assert compensated > 0.99 > plain
+    for compensated, plain in errors("plain", 0.01):
+        assert compensated < plain
+
+
 @pytest.mark.parametrize(
-    "bad", [{"damping": 0.0}, {"mlp_step": 0}, {"compensation_target": "teacher"}, {"order": "random"}]
+    "bad",
+    [{"damping": 0.0}, {"mlp_step": 0}, {"compensation_target": "teacher"}, {"order": "random"}, {"ridge_prior": "x"}],
 )
 def test_intraslice_options_refuse_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError):
