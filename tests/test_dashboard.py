@@ -76,6 +76,8 @@ def test_jobs_job_and_model_pages(client: TestClient, make_token) -> None:
     assert 'class="job ' not in client.get("/ui", params={"method": "flattengpt"}).text
     job = client.get(f"/ui/jobs/{done[0]}").text
     assert "Perplexity" in job and "10.00 → 12.50" in job and "compress" in job and "Cancel job" not in job
+    assert 'class="stage"' not in job  # a finished job's stage would only repeat its status
+    assert '<span class="stage">succeeded</span>' not in page and '<span class="stage"></span>' in page
     plot = client.get(f"/ui/models/{BODY['model']}").text
     points = re.findall(
         r'class="point ([\w-]+)" data-job="([^"]*)" data-method="[^"]*" data-params="(\d+)" '

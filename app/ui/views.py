@@ -69,7 +69,7 @@ def job_view(job: Job, now: datetime | None = None) -> JobView:
         model=job.model,
         method=job.method,
         status=job.status.value,
-        stage=job.stage,
+        stage=None if job.stage == job.status.value else job.stage,  # a finished job's stage repeats its status
         finished=job.status.finished,
         fraction=1.0 if job.status == JobStatus.succeeded else float(progress.get("fraction") or 0.0),
         target=target_text(job.request),
