@@ -233,3 +233,17 @@ def test_layer_boundaries_pair_width_and_depth_outputs() -> None:
 
     assert layer_boundaries(3) == [(1, 1), (2, 2), (3, 3)]
     assert layer_boundaries(3, [[0], [1, 2], [3, 4, 5]]) == [(1, 1), (2, 3), (3, 6)]
+
+
+def test_the_gpu_recovery_benchmark_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
+    """`bench.gpu_recovery_7b` is run on a lent GPU in one go: its CPU path keeps it from rotting meanwhile."""
+    from bench import gpu_recovery_7b
+
+    out = tmp_path / "rows.jsonl"
+    argv = ["--shape", "tiny", "--device", "cpu", "--tokens", "512", "--seq-len", "128", "--samples", "8"]
+    assert gpu_recovery_7b.main([*argv, "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["recovery_tokens"] == 512 and row["recovery_steps"] == 1
+    assert 0.29 < row["ratio_achieved"] < 0.31
+    assert row["peak_gib"]["recover"] > 0 and row["peak_kind"] == "process RSS"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["llama-tiny-random"]  # output removed
