@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compensation-target", choices=("layer", "dense"), help="what the least squares fit")
     p.add_argument("--order", choices=("attention_first", "mlp_first"))
     p.add_argument("--ridge-prior", choices=("zero", "plain"), help="what the o_proj ridge shrinks towards")
+    p.add_argument(
+        "--split",
+        help="ATT,MLP: remove these fractions of every layer's attention and MLP instead of --ratio in both",
+    )
+    p.add_argument("--min-head-width", type=float, help="delete heads narrower than this fraction (>1: fewer, wider)")
     p.add_argument("--seed", type=int, default=0, help="calibration seed")
     p.add_argument("--no-compensation", action="store_true", help="intraslice-nocomp: no least squares")
     p.add_argument("--dtype", help="load (and store) the weights in this dtype, e.g. float32 (default: bfloat16)")
@@ -58,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def knobs(args: argparse.Namespace) -> dict[str, Any]:
     """The options that differ from the engine's defaults (what the row label shows)."""
-    names = ("damping", "head_step", "mlp_step", "compensation_target", "order", "ridge_prior")
+    names = ("damping", "head_step", "mlp_step", "compensation_target", "order", "ridge_prior", "min_head_width")
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.smollm2 import ensure_smollm2
     from slimkit.api import CompressionRequest
     from slimkit.calibration import CalibrationSpec, build_calibration
-    from slimkit.layerwise import compress_model
+    from slimkit.layerwise import LayerTarget, compress_model
     from slimkit.loading import load_source
     from slimkit.methods.intraslice import IntraSlice, IntraSliceOptions
     from slimkit.planning import choose_targets
@@ -109,24 +114,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calib = build_calibration(tokenizer, spec)
         request = CompressionRequest(str(source.path), ratio=args.ratio, allocation=args.allocation, device="cpu")
         targets, _, _ = choose_targets(request, model, calib, _cpu(), None, lambda *a: None)
+        if args.split:
+            attention, mlp = (float(x) for x in args.split.split(","))
+            targets = [LayerTarget(attention, mlp)] * len(targets)
         before = param_counts(model)
         method = IntraSlice(compensate=not args.no_compensation, options=IntraSliceOptions(**knobs(args)))
         compress_model(model, calib.input_ids, calib.attention_mask, method, targets, _cpu(), show_progress=False)
         after = param_counts(model)
         row |= {
             "ratio": args.ratio,
+            "split": args.split,
             "allocation": args.allocation,
             "calibration": f"{Path(args.calib).name} {args.samples}x{args.seq_len} seed {args.seed}",
             "knobs": knobs(args),
             "removed_attention_mlp": round(1 - after["attention_mlp"] / before["attention_mlp"], 4),
+            "layer_plans": _plans(model.config),
             "compression_time_s": round(time.perf_counter() - start, 1),
         }
     row["ppl"] = evaluate_all(model, tokenizer, args.eval_windows)
     return row
 
 
+def _plans(config: Any) -> dict[str, int]:
+    """How many layers got each shape: "query heads × head width, MLP width" → count."""
+    from collections import Counter
+
+    from slimkit.shapes import get_shapes
+
+    shapes = get_shapes(config)
+    keys = (f"{s['num_attention_heads']}x{s['v_head_dim']}, mlp {s['intermediate_size']}" for s in shapes)
+    return dict(Counter(keys).most_common())
+
+
 def _label(args: argparse.Namespace) -> str:
-    parts = [f"{args.allocation} {args.ratio}", Path(args.calib).stem]
+    parts = [f"attention,MLP {args.split}" if args.split else f"{args.allocation} {args.ratio}", Path(args.calib).stem]
     if (args.samples, args.seq_len) != (64, 512):
         parts.append(f"{args.samples}x{args.seq_len}")
     if args.seed:

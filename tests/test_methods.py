@@ -78,6 +78,19 @@ def test_head_plan_width_floor() -> None:
     assert plan.width >= 12 and len(plan.heads) * plan.width <= 64 + 2 * len(plan.heads)
 
 
+def test_a_width_floor_above_one_deletes_heads_until_the_rest_would_overflow() -> None:
+    # SmolLM2's attention at 20 %: 461 of 9 × 64 channels. The 3/4 floor keeps all 9 heads (51 wide); a floor
+    # of 1.5 × 64 (what the authors' fixed floor of 96 channels means for 64-wide heads) deletes the weakest
+    # heads until one more deletion would need heads wider than 64: 8 heads of 58.
+    decay = 0.9 ** torch.arange(64, dtype=torch.float64)  # most of a head's mass in its first components
+    spectra = torch.linspace(10, 9, 9, dtype=torch.float64)[:, None] * decay
+    cum = torch.cat([torch.zeros(9, 1, dtype=torch.float64), spectra.cumsum(1)], 1)
+    args = dict(K=461, counts=[51] * 9, spectra_cum=cum, head_dim=64, kv_of=[i // 3 for i in range(9)], step=2)
+    assert len(plan_for_budget(**args).heads) == 9
+    wide = plan_for_budget(**args, min_width_frac=1.5)
+    assert wide.heads == tuple(range(8)) and wide.width == 58  # the weakest head (8) went
+
+
 def test_search_plan_hits_parameter_target() -> None:
     torch.manual_seed(0)
     n_h, d_h, hidden = 8, 16, 128

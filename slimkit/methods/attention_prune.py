@@ -17,7 +17,7 @@ import torch
 from slimkit.layerwise import LayerContext, Replacement
 from slimkit.linalg import DAMP, eigh_desc, reconstruction_error, solve_psd, solve_psd_toward
 from slimkit.methods.attention_stats import AttentionStats, collect_attention_stats, collect_masked_moments
-from slimkit.methods.head_plan import HeadPlan, pair_scores, search_plan
+from slimkit.methods.head_plan import MIN_WIDTH_FRAC, HeadPlan, pair_scores, search_plan
 from slimkit.shapes import attention_params
 
 
@@ -31,6 +31,9 @@ class AttentionRecipe:
     # What the o_proj ridge shrinks towards: "zero" (plain ridge, the paper's) or "plain" (the uncompensated
     # projection W_o P, so more damping means less compensation instead of a smaller output).
     ridge_prior: str = "zero"
+    # Heads whose width would fall under this fraction of the original are deleted instead (§3.3 step 4c);
+    # above 1, heads are deleted until one more deletion would need a head wider than the original.
+    min_head_width: float = MIN_WIDTH_FRAC
 
 
 def _spectra(stats: AttentionStats, scores: torch.Tensor, n_h: int, width: int, basis: str) -> torch.Tensor:
@@ -84,6 +87,7 @@ def prune_attention(ctx: LayerContext, ratio: float, recipe: AttentionRecipe) ->
         config.attention_bias,
         config.attention_out_bias,
         step=recipe.head_step,
+        min_width_frac=recipe.min_head_width,
     )
     k, kv_of = plan.width, shape["kv_index"]
 

@@ -100,6 +100,7 @@ def search_plan(
     qkv_bias: bool,
     o_bias: bool,
     step: int | None = None,
+    min_width_frac: float = MIN_WIDTH_FRAC,
 ) -> HeadPlan:
     """The plan whose parameter count is closest to `target_params` over all channel budgets K."""
     n_h, d_h = spectra.shape
@@ -113,7 +114,7 @@ def search_plan(
             counts = [0] * n_h
             for h in head_of[:K]:
                 counts[h] += 1
-            plan = plan_for_budget(K, counts, spectra_cum, d_h, kv_of, step=step)
+            plan = plan_for_budget(K, counts, spectra_cum, d_h, kv_of, min_width_frac, step)
             cache[K] = (plan, plan_params(plan, hidden, qkv_bias, o_bias))
         return cache[K]
 

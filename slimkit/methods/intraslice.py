@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from slimkit.layerwise import LayerContext, Replacement
 from slimkit.linalg import DAMP
 from slimkit.methods.attention_prune import AttentionRecipe, prune_attention
+from slimkit.methods.head_plan import MIN_WIDTH_FRAC
 from slimkit.methods.mlp_prune import prune_mlp
 from slimkit.shapes import MLP_ROUND
 
@@ -30,6 +31,8 @@ class IntraSliceOptions:
     compensation_target: str = "layer"
     order: str = "attention_first"  # or "mlp_first" (ablation: the MLP fitted through the unpruned attention)
     ridge_prior: str = "zero"  # o_proj least squares shrunk towards zero, or "plain": towards W_o P
+    # Heads narrower than this fraction of their original width are deleted instead (> 1: fewer, wider heads).
+    min_head_width: float = MIN_WIDTH_FRAC
 
     def __post_init__(self) -> None:
         if self.damping <= 0:
@@ -59,6 +62,7 @@ class IntraSlice:
             damping=self.options.damping,
             head_step=self.options.head_step,
             ridge_prior=self.options.ridge_prior,
+            min_head_width=self.options.min_head_width,
         )
 
     def with_head_step(self, step: int) -> IntraSlice:
