@@ -25,29 +25,31 @@ from slimkit import CalibrationSpec, CompressionRequest, compress
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tokenizer" / "tokenizer.json"
 
 
-def build(work: Path) -> Path:
-    src = work / "llama2-7b-random"
+LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32}
+
+
+def build(work: Path, name: str = "llama2-7b-random", shape: dict = LLAMA2_7B, device: str = "cuda") -> Path:
+    """A randomly initialised bf16 Llama checkpoint of `shape` under `work/name` (built once, then reused)."""
+    src = work / name
     if (src / "config.json").exists():
         return src
     config = T.LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
+        **shape,
+        num_key_value_heads=shape["num_attention_heads"],
         vocab_size=32000,
         max_position_embeddings=4096,
         dtype="bfloat16",
     )
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = T.LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(src)
     T.PreTrainedTokenizerFast(
         tokenizer_file=str(TOKENIZER), eos_token="<|endoftext|>", pad_token="<|pad|>"
     ).save_pretrained(src)
     del model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return src
 
 

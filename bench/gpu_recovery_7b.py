@@ -27,25 +27,12 @@ import torch
 import transformers as T
 
 from bench.common import command_line, git_commit
-from bench.gpu_7b import TOKENIZER, build
+from bench.gpu_7b import build
 from bench.memory import MIB, StageMemory
 from slimkit import CalibrationSpec, CompressionRequest, EvalSpec, RecoverySpec, compress
 
+# A 2-layer model of the same family, for checking this script without a GPU.
 TINY = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2, "num_attention_heads": 4}
-
-
-def build_tiny(work: Path) -> Path:
-    """A 2-layer model of the same family, for checking this script without a GPU."""
-    src = work / "llama-tiny-random"
-    if (src / "config.json").exists():
-        return src
-    config = T.LlamaConfig(**TINY, num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    T.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(src)
-    T.PreTrainedTokenizerFast(
-        tokenizer_file=str(TOKENIZER), eos_token="<|endoftext|>", pad_token="<|pad|>"
-    ).save_pretrained(src)
-    return src
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    src = build(args.work) if args.shape == "7b" else build_tiny(args.work)
+    src = build(args.work) if args.shape == "7b" else build(args.work, "llama-tiny-random", TINY, args.device)
     out = args.work / f"out-recovery-{args.mode}"
     request = CompressionRequest(
         model=str(src),

@@ -58,7 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label", help="row label (default: built from the knobs)")
     p.add_argument("--out", type=Path, default=Path("bench/results/ablation_cpu.jsonl"))
     p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.split and args.allocation != "uniform":
+        p.error("--split sets every layer's fractions itself: it does not combine with --allocation")
+    return args
 
 
 def knobs(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.smollm2 import ensure_smollm2
     from slimkit.api import CompressionRequest
     from slimkit.calibration import CalibrationSpec, build_calibration
-    from slimkit.layerwise import LayerTarget, compress_model
+    from slimkit.layerwise import compress_model
     from slimkit.loading import load_source
     from slimkit.methods.intraslice import IntraSlice, IntraSliceOptions
     from slimkit.planning import choose_targets
@@ -112,11 +115,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         spec = CalibrationSpec(args.calib, args.samples, args.seq_len, args.seed)
         calib = build_calibration(tokenizer, spec)
-        request = CompressionRequest(str(source.path), ratio=args.ratio, allocation=args.allocation, device="cpu")
+        request = CompressionRequest(
+            str(source.path),
+            ratio=args.ratio,
+            allocation=args.allocation,
+            device="cpu",
+            layer_targets=split(args, model.config.num_hidden_layers),
+        )
         targets, _, _ = choose_targets(request, model, calib, _cpu(), None, lambda *a: None)
-        if args.split:
-            attention, mlp = (float(x) for x in args.split.split(","))
-            targets = [LayerTarget(attention, mlp)] * len(targets)
         before = param_counts(model)
         method = IntraSlice(compensate=not args.no_compensation, options=IntraSliceOptions(**knobs(args)))
         compress_model(model, calib.input_ids, calib.attention_mask, method, targets, _cpu(), show_progress=False)
@@ -133,6 +139,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     row["ppl"] = evaluate_all(model, tokenizer, args.eval_windows)
     return row
+
+
+def split(args: argparse.Namespace, layers: int) -> list[Any] | None:
+    """--split ATT,MLP as the same per-layer target for each of the model's `layers` (None without --split)."""
+    from slimkit.layerwise import LayerTarget
+
+    if not args.split:
+        return None
+    attention, mlp = (float(x) for x in args.split.split(","))
+    return [LayerTarget(attention, mlp)] * layers
 
 
 def _plans(config: Any) -> dict[str, int]:

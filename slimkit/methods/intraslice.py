@@ -37,6 +37,8 @@ class IntraSliceOptions:
     def __post_init__(self) -> None:
         if self.damping <= 0:
             raise ValueError(f"damping must be > 0, got {self.damping}")
+        if self.min_head_width <= 0:
+            raise ValueError(f"min_head_width must be > 0, got {self.min_head_width}")
         if self.mlp_step < 1:
             raise ValueError(f"mlp_step must be >= 1, got {self.mlp_step}")
         if self.compensation_target not in ("layer", "dense"):
