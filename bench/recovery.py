@@ -9,6 +9,7 @@ the one-shot model. Each budget appends one JSON line to `--out` with wall time 
 
     python -m bench.recovery --method intraslice --ratio 0.3 --budgets 0,16384,65536
     python -m bench.recovery --method flattengpt --ratio 0.2 --budgets 0,16384,65536
+    python -m bench.recovery --device cuda --budgets 262144,1048576 --out bench/results/recovery_cuda.jsonl
     python -m bench.recovery --table bench/results/recovery_cpu.jsonl
 """
 
@@ -27,7 +28,6 @@ import torch
 
 DATA = Path(__file__).resolve().parent / "data"
 EVAL_TEXTS = {"wikitext2": "wikitext2_test", "techdocs": str(DATA / "techdocs_eval.txt")}
-CPU = torch.device("cpu")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,16 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--hidden-weight", type=float, default=0.0)
     p.add_argument("--eval-windows", type=int, default=64, help="windows of 512 tokens per evaluation text")
+    p.add_argument("--device", default="cpu", help="where to compress, train and evaluate (fp32 everywhere)")
     p.add_argument("--out", type=Path, default=Path("bench/results/recovery_cpu.jsonl"))
     p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
     return p.parse_args(argv)
 
 
-def evaluate(model: torch.nn.Module, tokenizer: Any, windows: int) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, tokenizer: Any, windows: int, device: torch.device) -> dict[str, float]:
     from slimkit.evaluate import EvalSpec, eval_windows, perplexity
 
     return {
-        name: round(perplexity(model, eval_windows(tokenizer, EvalSpec(text, 512, windows * 512)), CPU), 4)
+        name: round(perplexity(model, eval_windows(tokenizer, EvalSpec(text, 512, windows * 512)), device), 4)
         for name, text in EVAL_TEXTS.items()
     }
 
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     dense_dir = ensure_smollm2()
     source = load_source(str(dense_dir))
     tokenizer = load_tokenizer(source.path, source.config)
-    dense_ppl = evaluate(source.model, tokenizer, args.eval_windows)
+    device = torch.device(args.device)
+    dense_ppl = evaluate(source.model.float(), tokenizer, args.eval_windows, device)
     print(f"dense: {dense_ppl}", flush=True)
     with tempfile.TemporaryDirectory(prefix="slimkit-recovery-") as tmp:
         start = time.perf_counter()
@@ -102,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             calibration=CalibrationSpec(args.text, 64, 512, 0),
             evaluation=None,
             verify=False,
+            device=args.device,
+            dtype="float32" if device.type == "cuda" else None,  # fp32 compute as on CPU (stored fp32 there)
         )
         out = compress(request, Path(tmp) / "out", show_progress=False).out_dir
         compression_s = time.perf_counter() - start
+        bias = json.loads((out / "compression.json").read_text())["recipe"].get("bias")  # the uniform split λ_b
         for budget in (int(b) for b in args.budgets.split(",") if b):
             student = load_compressed(out, dtype=torch.float32)
             report: dict[str, Any] = {"tokens": 0, "wall_s": 0.0}
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 record = json.loads((out / "compression.json").read_text())
                 groups = record["depth"]["groups"] if record.get("depth") else None
                 pairs = layer_boundaries(student.config.num_hidden_layers, groups)
-                report = recover(student, teacher, ids, mask, spec, CPU, pairs, show_progress=True)
+                report = recover(student, teacher, ids, mask, spec, device, pairs, show_progress=True)
                 del teacher
             row = {
                 "label": f"{args.method} {args.ratio}, {budget} tokens {args.mode}",
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 "git_commit": commit,
                 "method": args.method,
                 "ratio": args.ratio,
+                "bias": bias,
                 "mode": args.mode,
                 "lr": spec.resolved_lr(),
                 "recovery_text": args.text,
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 "s_per_1k_tokens": round(1000 * report["wall_s"] / report["tokens"], 2) if report["tokens"] else None,
                 "loss_first": report.get("loss_first"),
                 "loss_last": report.get("loss_last"),
-                "ppl": evaluate(student, tokenizer, args.eval_windows),
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "ppl": evaluate(student, tokenizer, args.eval_windows, device),
                 "ppl_dense": dense_ppl,
             }
             print(json.dumps(row), flush=True)
