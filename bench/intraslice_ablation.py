@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--split",
         help="ATT,MLP: remove these fractions of every layer's attention and MLP instead of --ratio in both",
     )
+    p.add_argument("--bias", type=float, help="λ_b, the MLP's share of the pruning (default: the engine's)")
     p.add_argument("--min-head-width", type=float, help="delete heads narrower than this fraction (>1: fewer, wider)")
     p.add_argument("--seed", type=int, default=0, help="calibration seed")
     p.add_argument("--no-compensation", action="store_true", help="intraslice-nocomp: no least squares")
@@ -59,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench/results/ablation_cpu.jsonl"))
     p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
     args = p.parse_args(argv)
-    if args.split and args.allocation != "uniform":
-        p.error("--split sets every layer's fractions itself: it does not combine with --allocation")
+    if args.split and (args.allocation != "uniform" or args.bias is not None):
+        p.error("--split sets every layer's fractions itself: it does not combine with --allocation or --bias")
     return args
 
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = source.model
     from bench.common import command_line, git_commit
 
-    row: dict[str, Any] = {"label": args.label or ("dense" if args.dense else _label(args))}
+    row: dict[str, Any] = {"label": args.label or "dense"}
     row |= {"command": command_line("bench.intraslice_ablation"), "git_commit": git_commit()}
     if not args.dense:
         start = time.perf_counter()
@@ -117,11 +118,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calib = build_calibration(tokenizer, spec)
         request = CompressionRequest(
             str(source.path),
+            method="intraslice-nocomp" if args.no_compensation else "intraslice",
             ratio=args.ratio,
+            bias=args.bias,
             allocation=args.allocation,
             device="cpu",
             layer_targets=split(args, model.config.num_hidden_layers),
         )
+        row["label"] = args.label or _label(args, request.resolved_bias())
         targets, _, _ = choose_targets(request, model, calib, _cpu(), None, lambda *a: None)
         before = param_counts(model)
         method = IntraSlice(compensate=not args.no_compensation, options=IntraSliceOptions(**knobs(args)))
@@ -130,6 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row |= {
             "ratio": args.ratio,
             "split": args.split,
+            "bias": request.resolved_bias(),
             "allocation": args.allocation,
             "calibration": f"{Path(args.calib).name} {args.samples}x{args.seq_len} seed {args.seed}",
             "knobs": knobs(args),
@@ -162,8 +167,11 @@ def _plans(config: Any) -> dict[str, int]:
     return dict(Counter(keys).most_common())
 
 
-def _label(args: argparse.Namespace) -> str:
-    parts = [f"attention,MLP {args.split}" if args.split else f"{args.allocation} {args.ratio}", Path(args.calib).stem]
+def _label(args: argparse.Namespace, bias: float | None) -> str:
+    target = f"attention,MLP {args.split}" if args.split else f"{args.allocation} {args.ratio}"
+    if bias is not None and args.allocation == "uniform" and not args.split:
+        target += f" λ_b {bias:g}"
+    parts = [target, Path(args.calib).stem]
     if (args.samples, args.seq_len) != (64, 512):
         parts.append(f"{args.samples}x{args.seq_len}")
     if args.seed:

@@ -152,7 +152,16 @@ def _structure(depth: dict[str, Any] | None, transact: dict[str, Any] | None = N
 
 def _target(recipe: dict[str, Any], speed: dict[str, Any] | None) -> str:
     if speed is None:
-        return f"Target: remove {recipe['ratio']:.0%} of the decoder's attention and MLP parameters."
+        target = f"Target: remove {recipe['ratio']:.0%} of the decoder's attention and MLP parameters."
+        bias = recipe.get("bias")
+        if bias is None or recipe.get("allocation") != "uniform":
+            return target
+        split = (
+            "the same fraction of its attention and of its MLP"
+            if bias == 1
+            else f"its MLP λ_b = {bias:g} times that fraction, its attention the rest"
+        )
+        return f"{target} Every layer gives up that fraction of its own parameters: {split}."
     return (
         f"Target: a {speed['target']:.2f}× speed-up (see Speed below); to reach it, "
         f"{speed['ratio']:.1%} of the decoder's attention and MLP parameters were to be removed."

@@ -57,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         help="spread the pruning uniformly, or by the global (PCA-aware) Fisher estimator "
         "(default: uniform for --ratio, global_pca for --speedup)",
     )
-    c.add_argument("--bias", type=float, help="estimator: MLP share of the pruning, λ_b (default 1; searched)")
+    c.add_argument(
+        "--bias",
+        type=float,
+        help="λ_b, the MLP's share of the pruning (default: the method's split for uniform — IntraSlice 1.075 — "
+        "1 for the estimators, searched for a speed-up)",
+    )
     c.add_argument("--cap", type=float, default=0.8, help="estimator / speed-up: per-layer ratio cap")
     c.add_argument("--frac", type=int, help="estimator: importance blocks per head (default: one per 8-channel step)")
     c.add_argument(

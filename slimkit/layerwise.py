@@ -90,6 +90,7 @@ class LayerMethod(Protocol):
     """What the driver needs from a method: compress the attention, then the MLP, of one layer."""
 
     name: str
+    uniform_bias: float  # λ_b of a uniform ratio target (the MLP's share; 1 = equal fractions)
 
     def prune_attention(self, ctx: LayerContext, ratio: float) -> Replacement: ...
 

@@ -2,7 +2,8 @@
 
 Four ways, by what the request gives:
 - `layer_targets`: used as given;
-- a ratio with `uniform` allocation: every layer the ratio;
+- a ratio with `uniform` allocation: every layer the ratio of its own parameters, split between attention
+  and MLP by λ_b (`CompressionRequest.resolved_bias`: the method's own split unless given);
 - a ratio with `global` / `global_pca`: the Fisher estimator (one gradient pass) spreads it;
 - a speed-up: the layer latency profile of this device (cached) and a timing of the dense model predict
   the speed-up of any allocation (`slimkit.latency.target`). The dense model is timed twice, alternately:
@@ -27,6 +28,7 @@ from transformers import AutoModelForCausalLM
 
 from slimkit.calibration import CalibrationBatch
 from slimkit.estimator import estimate_layer_targets, measure_importances
+from slimkit.estimator.allocate import uniform_targets
 from slimkit.estimator.placement import compute_dtype, frozen_on
 from slimkit.export import load_compressed
 from slimkit.latency.noise import TimingPolicy
@@ -132,7 +134,10 @@ def choose_targets(
         return plan.targets, record, _speed_record(speed, plan, timing_policy(request))
     ratio = request.target_ratio()
     if allocation == "uniform":
-        return [LayerTarget(ratio, ratio)] * n_layers, None, None
+        bias = request.resolved_bias()
+        if bias == 1.0:
+            return [LayerTarget(ratio, ratio)] * n_layers, None, None
+        return uniform_targets(model.config, ratio, bias, max(request.cap, ratio)), None, None
     notify("estimate", 0, calib.input_ids.shape[0])
     estimate = estimate_layer_targets(
         model,

@@ -2,11 +2,11 @@
 back into the `CompressionRequest` that produced it, so `slimkit compress --recipe compression.json` and
 `CompressionRequest.from_recipe(...)` rerun a compression exactly (same seeds: the same weights).
 
-What a recipe records is what decides the weights: method, target, allocation and its estimator settings,
-head grid, calibration (text, samples, length, seed), dtype, TransAct's shots, recovery. Where to run
-(device, batch size), what to evaluate and where to save are the caller's, as on the first run. A
-calibration given inline was recorded by its hash only (`inline:sha256:…`): replaying it needs the text again
-(`calibration_text=`).
+What a recipe records is what decides the weights: method, target, allocation and its split λ_b or
+estimator settings, head grid, calibration (text, samples, length, seed), dtype, TransAct's shots,
+recovery. Where to run (device, batch size), what to evaluate and where to save are the caller's, as on the
+first run. A calibration given inline was recorded by its hash only (`inline:sha256:…`): replaying it
+needs the text again (`calibration_text=`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from slimkit.calibration import CalibrationSpec
 from slimkit.errors import InvalidArgument
 from slimkit.latency.workload import Workload
 from slimkit.layerwise import LayerTarget
+from slimkit.methods import is_depth_method, is_model_method
 from slimkit.recovery import RecoverySpec
 from slimkit.transact import TransActSpec
 
@@ -70,6 +71,10 @@ def request_kwargs(source: str | Path | dict[str, Any], calibration_text: str | 
         kwargs["layer_targets"] = [LayerTarget(**t) for t in recipe["layer_targets"]]
     else:
         kwargs["allocation"] = recipe.get("allocation")
+    if recipe.get("bias") is not None:
+        kwargs["bias"] = recipe["bias"]
+    elif _uniform_width_ratio(recipe):
+        kwargs["bias"] = 1.0  # recorded before λ_b split uniform targets: equal fractions, as it was run
     estimator = recipe.get("estimator") or {}
     kwargs |= {k: estimator[k] for k in ("bias", "cap", "frac") if estimator.get(k) is not None}
     if recipe.get("head_step") is not None:
@@ -92,3 +97,13 @@ def request_kwargs(source: str | Path | dict[str, Any], calibration_text: str | 
             spec["text"] = None  # "the calibration text", as it was asked
         kwargs["recovery"] = RecoverySpec(**spec)
     return kwargs
+
+
+def _uniform_width_ratio(recipe: dict[str, Any]) -> bool:
+    """A width method's uniform ratio target (the recipes whose split λ_b decides)."""
+    return (
+        not recipe.get("speedup")
+        and not recipe.get("layer_targets")
+        and recipe.get("allocation") in (None, "uniform")
+        and not (is_depth_method(recipe["method"]) or is_model_method(recipe["method"]))
+    )

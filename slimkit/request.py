@@ -39,7 +39,7 @@ class CompressionRequest:
     workload: Workload = field(default_factory=Workload)  # what a speed-up is measured on
     layer_targets: list[LayerTarget] | None = None  # per-layer ratios; overrides ratio/speedup and allocation
     allocation: str | None = None  # uniform / global / global_pca; default uniform (ratio), global_pca (speed-up)
-    bias: float | None = None  # λ_b, the MLP share of the pruning; default 1 (ratio), searched (speed-up)
+    bias: float | None = None  # λ_b, MLP share: default the method's (uniform), 1 (estimators), searched (speed-up)
     cap: float = 0.8  # per-layer ratio cap of the estimator and of speed-up allocations
     frac: int | None = None  # importance blocks per head (global estimators; None: one per head-width step)
     head_step: int | None = None  # kept heads' width grid; default 2 (free even widths) for a ratio, 8 for a speed-up
@@ -103,6 +103,26 @@ class CompressionRequest:
         if self.allocation is not None:
             return self.allocation
         return "global_pca" if self.speedup is not None else "uniform"
+
+    def resolved_bias(self) -> float | None:
+        """λ_b, the MLP's share of the pruning: as given; searched for a speed-up (None); for a uniform ratio
+        target the method's own split (`uniform_bias`: IntraSlice 1.075, measured); 1 for the estimators."""
+        if self.bias is not None:
+            return self.bias
+        if self.speedup is not None:
+            return None
+        if self.uses_uniform_split():
+            return method_for(self.method).uniform_bias
+        return 1.0
+
+    def uses_uniform_split(self) -> bool:
+        """A ratio target spread uniformly by a width method: every layer split by λ_b (`resolved_bias`)."""
+        return (
+            self.speedup is None
+            and self.layer_targets is None
+            and self.resolved_allocation() == "uniform"
+            and not self.whole_model_shape()
+        )
 
     def validate(self) -> None:
         method_for(self.method)
@@ -175,6 +195,8 @@ class CompressionRequest:
         }
         if not self.whole_model_shape():
             recipe["head_step"] = self.resolved_head_step()
+        if self.uses_uniform_split():
+            recipe["bias"] = self.resolved_bias()
         if self.resolved_transact() is not None:
             recipe["transact"] = asdict(self.resolved_transact())
         if self.speedup is not None:

@@ -24,7 +24,7 @@ import torch
 from slimkit.errors import InvalidArgument
 from slimkit.layerwise import LayerTarget
 from slimkit.modeling.modeling_slim import SlimConfig
-from slimkit.shapes import MLP_ROUND, attention_params, get_shapes, mlp_params
+from slimkit.shapes import MLP_ROUND, Shape, attention_params, get_shapes, mlp_params
 
 TOL = 1e-9
 
@@ -72,18 +72,30 @@ def module_ratios(budgets: list[LayerBudget], ratio: float, bias: float, cap: fl
 
 
 def uniform_targets(config: SlimConfig, ratio: float, bias: float = 1.0, cap: float = 0.8) -> list[LayerTarget]:
-    """Every layer the same targets, removing the global ratio of *its own* parameters.
+    """Every layer loses the fraction `ratio` of *its own* parameters: its MLP s·λ_b, its attention the rest.
 
     The MLP ratio s·λ_b is put on the engine's 8-channel grid (nearest multiple of 8) and the attention
     ratio absorbs the difference, so the engine's floor-rounding does not leave the uniform baseline a few
-    tenths of a percent *less* pruned than the global variants it is compared with. Needs every layer to
-    have the same shape (a dense model); with λ_b = 1 and I·s on the grid this is exactly (s, s).
+    tenths of a percent *less* pruned than the global variants it is compared with; with λ_b = 1 and I·s on
+    the grid this is exactly (s, s). Layers of different shapes (an already-compressed input) are each
+    split on their own parameters.
     """
-    budgets = layer_budgets(config)
-    if len(set(budgets)) != 1:
-        raise InvalidArgument("uniform allocation needs a model whose layers all have the same shape")
-    _, r_m = module_ratios(budgets, ratio, bias, cap)
-    b, shape = budgets[0], get_shapes(config)[0]
+    splits: dict[LayerBudget, LayerTarget] = {}
+    targets = []
+    for budget, shape in zip(layer_budgets(config), get_shapes(config), strict=True):
+        if budget not in splits:
+            splits[budget] = _layer_split(budget, shape, config, ratio, bias, cap)
+        targets.append(splits[budget])
+    return targets
+
+
+def _layer_split(
+    b: LayerBudget, shape: Shape, config: SlimConfig, ratio: float, bias: float, cap: float
+) -> LayerTarget:
+    """One layer's (attention, MLP) ratios removing `ratio` of its parameters, the MLP's on the grid."""
+    if b.attention_params == 0 or b.mlp_params == 0:  # one module already gone: the other takes it all
+        return LayerTarget(ratio if b.attention_params else 0.0, ratio if b.mlp_params else 0.0)
+    _, r_m = module_ratios([b], ratio, bias, cap)
     limit = int(cap * b.mlp_units) // MLP_ROUND * MLP_ROUND
 
     def pair(drop: int) -> tuple[float, float, float]:  # (|error| in parameters, attention ratio, MLP ratio)
@@ -96,7 +108,7 @@ def uniform_targets(config: SlimConfig, ratio: float, bias: float = 1.0, cap: fl
     nearest = round(r_m * b.mlp_units / MLP_ROUND) * MLP_ROUND
     candidates = sorted({min(d, limit) for d in (below, below + MLP_ROUND)}, key=lambda d: d != nearest)
     _, r_a, r_m = min((pair(d) for d in candidates), key=lambda p: p[0])
-    return [LayerTarget(r_a, r_m)] * config.num_hidden_layers
+    return LayerTarget(r_a, r_m)
 
 
 def keep_top(importance: list[torch.Tensor], prices: list[float], budget: float) -> tuple[list[int], float]:

@@ -14,6 +14,7 @@ from slimkit.methods.mlp_prune import prune_mlp
 
 class WandaSP:
     name = "wanda-sp"
+    uniform_bias = 1.0  # equal fractions, as the baseline's paper prunes
 
     def __init__(self, head_step: int | None = None) -> None:
         self.recipe = AttentionRecipe(pair_scores="weight", basis="select", compensate=False, head_step=head_step)
