@@ -174,7 +174,11 @@ class Recovery(Strict):
     warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps")
     temperature: float = Field(1.0, gt=0, le=100, description="distillation temperature")
     hidden_weight: float = Field(0.0, ge=0, le=1000, description="weight of hidden-state matching (0: logits only)")
-    mode: Literal["full", "lora"] = Field("full", description="train every weight, or LoRA adapters merged back")
+    mode: Literal["auto", "full", "lora"] = Field(
+        "auto",
+        description="train every weight, or LoRA adapters merged back; auto: every weight where that fits the "
+        "worker's GPU (weights, gradients, optimizer state and teacher within 75 % of its memory), LoRA otherwise",
+    )
     lora_rank: int = Field(16, ge=1, le=1024)
     lora_alpha: float = Field(32.0, gt=0, le=10000)
 

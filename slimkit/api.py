@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,7 @@ def compress(
                 should_cancel=should_cancel,
                 show_progress=show_progress,
             )
+            request = replace(request, recovery=replace(spec, mode=recovery["mode"]))  # the recipe says what ran
             metrics["perplexity_compressed"] = metrics["perplexity_after"]  # before recovery
             metrics["perplexity_after"] = min(recovery["perplexity_after"], recovery["perplexity_before"])
             lap("recover")

@@ -91,7 +91,9 @@ def _recovery(recovery: dict[str, Any], recipe: dict[str, Any]) -> str:
         f"| Wall time | {recovery['wall_s']:.0f} s |\n"
         f"| Perplexity before recovery | {recovery['perplexity_before']:.3f} |\n"
         f"| Perplexity after recovery | {recovery['perplexity_after']:.3f} |\n\n"
-        f"After compression the model was distilled from the base model ({spec.get('mode', '?')} training, "
+        f"After compression the model was distilled from the base model ({spec.get('mode', '?')} training"
+        + (f" — chosen automatically, {recovery['mode_reason']}" if recovery.get("mode_reason") else "")
+        + ", "
         f"KL at temperature {spec.get('temperature', '?')}"
         + (f" plus hidden-state matching × {spec['hidden_weight']}" if spec.get("hidden_weight") else "")
         + f", learning rate {spec.get('lr', '?')}, {spec.get('schedule', '?')} schedule) on windows of "

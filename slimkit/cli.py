@@ -124,7 +124,12 @@ def _recovery_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--recover-seq-len", type=int, default=512)
     r.add_argument("--recover-batch", type=int, default=4, help="windows per optimizer step")
     r.add_argument("--recover-lr", type=float, help="peak learning rate (default 5e-5 full, 1e-3 lora)")
-    r.add_argument("--recover-mode", choices=("full", "lora"), default="full")
+    r.add_argument(
+        "--recover-mode",
+        choices=("auto", "full", "lora"),
+        default="auto",
+        help="auto: every weight where that fits the GPU, LoRA otherwise (always full on a CPU)",
+    )
     r.add_argument("--recover-temperature", type=float, default=1.0)
     r.add_argument("--recover-hidden-weight", type=float, default=0.0, help="weight of hidden-state matching")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +46,12 @@ class RecoverySpec:
     text: str | None = None  # what to train on; None: the calibration text. Anything the calibration accepts
     seq_len: int = 512
     batch_size: int = 4  # windows per optimizer step
-    lr: float | None = None  # peak learning rate; default 5e-5 (full) or 1e-3 (lora)
+    lr: float | None = None  # peak learning rate; default 5e-5 (full) or 1e-3 (lora), once `auto` has chosen
     schedule: str = "cosine"  # "cosine" (to 10 % of the peak) or "constant", after a linear warm-up
     warmup: float = 0.05  # fraction of the steps
     temperature: float = 1.0
     hidden_weight: float = 0.0  # weight of the hidden-state matching term (0: logits only)
-    mode: str = "full"  # "full" (every student parameter) or "lora"
+    mode: str = "auto"  # "full" (every student parameter), "lora", or "auto": full where it fits (`choose_mode`)
     lora_rank: int = 16
     lora_alpha: float = 32.0
     weight_decay: float = 0.0
@@ -76,8 +76,8 @@ class RecoverySpec:
             raise InvalidArgument(f"recovery temperature must be in (0, 100], got {self.temperature}")
         if self.hidden_weight < 0:
             raise InvalidArgument(f"recovery hidden_weight must be >= 0, got {self.hidden_weight}")
-        if self.mode not in ("full", "lora"):
-            raise InvalidArgument(f"recovery mode must be 'full' or 'lora', got {self.mode!r}")
+        if self.mode not in ("auto", "full", "lora"):
+            raise InvalidArgument(f"recovery mode must be 'auto', 'full' or 'lora', got {self.mode!r}")
         if not 1 <= self.lora_rank <= 1024 or self.lora_alpha <= 0:
             raise InvalidArgument("recovery lora_rank must be in [1, 1024] and lora_alpha > 0")
 
@@ -89,7 +89,32 @@ class RecoverySpec:
         return self.lr if self.lr is not None else (1e-3 if self.mode == "lora" else 5e-5)
 
     def recipe(self, calibration_text: str) -> dict:
-        return asdict(self) | {"text": self.text or calibration_text, "lr": self.resolved_lr()}
+        lr = self.lr if self.mode == "auto" else self.resolved_lr()  # auto: known once the mode is chosen
+        return asdict(self) | {"text": self.text or calibration_text, "lr": lr}
+
+
+# `auto` trains every parameter when fp32 weights, gradients and AdamW's two moments (16 B per student
+# parameter) plus the resident teacher take at most this share of the GPU: the rest is for activations. The
+# 7B-shaped measurement (bench/gpu_recovery_7b.py) peaked 23 % above that estimate (103 GiB for 84 GiB).
+FULL_FIT = 0.75
+
+
+def choose_mode(
+    student: torch.nn.Module, teacher: torch.nn.Module, device: torch.device, total_bytes: int | None = None
+) -> tuple[str, str]:
+    """(mode, why) for `mode="auto"`: full-parameter where it fits the device, LoRA otherwise.
+
+    On a CPU the host's memory holds both (full). `total_bytes`: the device's memory (default: asked of CUDA).
+    """
+    if device.type != "cuda":
+        return "full", "training on the CPU"
+    total = total_bytes if total_bytes is not None else torch.cuda.get_device_properties(device).total_memory
+    need = 16 * sum(p.numel() for p in student.parameters())
+    need += sum(p.numel() * p.element_size() for p in teacher.parameters())
+    gib = f"~{need / 2**30:.0f} GiB of the device's {total / 2**30:.0f} GiB"
+    if need <= FULL_FIT * total:
+        return "full", f"weights, gradients, optimizer state and teacher need {gib}"
+    return "lora", f"full-parameter training would need {gib} before activations"
 
 
 def distillation_loss(
@@ -142,7 +167,12 @@ def recover(
 
     Both models come back on their original device in their original dtype, in eval mode. Cancellation is
     checked before every step (`Cancelled`: the student is left half-trained; the caller discards it).
+    `spec.mode == "auto"` is decided here (`choose_mode`); the report says which mode ran and why.
     """
+    why = None
+    if spec.mode == "auto":
+        mode, why = choose_mode(student, teacher, device)
+        spec = replace(spec, mode=mode)
     store_dtype = student.model.embed_tokens.weight.dtype
     student_device = student.model.embed_tokens.weight.device
     teacher_place = (teacher.model.embed_tokens.weight.device, teacher.model.embed_tokens.weight.dtype)
@@ -213,6 +243,8 @@ def recover(
     return {
         "tokens": tokens_done,
         "steps": len(losses),
+        "mode": spec.mode,
+        "mode_reason": why,
         "wall_s": round(time.perf_counter() - start, 3),
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,

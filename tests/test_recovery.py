@@ -178,6 +178,8 @@ def test_compress_with_recovery_records_and_keeps_only_an_improvement(tiny_llama
         show_progress=False,
     )
     rec, metrics = result.record["recovery"], result.record["metrics"]
+    assert rec["mode"] == result.record["recipe"]["recovery"]["mode"] == "full"  # `auto` on a CPU, as recorded
+    assert rec["mode_reason"] == "training on the CPU" and result.record["recipe"]["recovery"]["lr"] == 3e-4
     assert "recover" in stages and len(losses) == rec["steps"] == 16 and rec["tokens"] == 4096
     assert result.record["recipe"]["recovery"]["tokens"] == 4096
     assert rec["perplexity_before"] == metrics["perplexity_compressed"]
@@ -247,3 +249,23 @@ def test_the_gpu_recovery_benchmark_runs_end_to_end_on_a_tiny_shape(tmp_path: Pa
     assert 0.29 < row["ratio_achieved"] < 0.31
     assert row["peak_gib"]["recover"] > 0 and row["peak_kind"] == "process RSS"
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["llama-tiny-random"]  # output removed
+
+
+def test_auto_mode_trains_every_weight_where_it_fits_and_lora_where_it_does_not() -> None:
+    """A 7B teacher and its 30 % student (built on the meta device: shapes only): full-parameter on a
+    141 GB H200 (measured there: 103 GiB peak), LoRA on an 80 GB card; always full on a CPU."""
+    import transformers as T
+
+    from slimkit.recovery import choose_mode
+
+    def llama(intermediate: int) -> torch.nn.Module:
+        config = T.LlamaConfig(hidden_size=4096, intermediate_size=intermediate, num_hidden_layers=32)
+        with torch.device("meta"):
+            return T.LlamaForCausalLM(config).to(torch.bfloat16)
+
+    teacher, student = llama(11008), llama(6000)  # 6.74 B and 4.77 B parameters
+    cuda = torch.device("cuda")
+    assert choose_mode(student, teacher, cuda, total_bytes=143771 * 2**20)[0] == "full"  # H200
+    mode, why = choose_mode(student, teacher, cuda, total_bytes=81559 * 2**20)  # H100 80 GB
+    assert mode == "lora" and "would need ~84 GiB" in why
+    assert choose_mode(student, teacher, CPU) == ("full", "training on the CPU")
