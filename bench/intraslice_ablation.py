@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             device="cpu",
             layer_targets=split(args, model.config.num_hidden_layers),
         )
-        row["label"] = args.label or _label(args, request.resolved_bias())
+        uniform_bias = request.resolved_bias() if request.uses_uniform_split() else None
+        row["label"] = args.label or _label(args, uniform_bias)
         targets, _, _ = choose_targets(request, model, calib, _cpu(), None, lambda *a: None)
         before = param_counts(model)
         method = IntraSlice(compensate=not args.no_compensation, options=IntraSliceOptions(**knobs(args)))
@@ -167,10 +168,10 @@ def _plans(config: Any) -> dict[str, int]:
     return dict(Counter(keys).most_common())
 
 
-def _label(args: argparse.Namespace, bias: float | None) -> str:
+def _label(args: argparse.Namespace, uniform_bias: float | None) -> str:
     target = f"attention,MLP {args.split}" if args.split else f"{args.allocation} {args.ratio}"
-    if bias is not None and args.allocation == "uniform" and not args.split:
-        target += f" λ_b {bias:g}"
+    if uniform_bias is not None:
+        target += f" λ_b {uniform_bias:g}"
     parts = [target, Path(args.calib).stem]
     if (args.samples, args.seq_len) != (64, 512):
         parts.append(f"{args.samples}x{args.seq_len}")

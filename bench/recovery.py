@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = compress(request, Path(tmp) / "out", show_progress=False).out_dir
         compression_s = time.perf_counter() - start
-        bias = json.loads((out / "compression.json").read_text())["recipe"].get("bias")  # the uniform split λ_b
+        record = json.loads((out / "compression.json").read_text())
+        bias = record["recipe"].get("bias")  # the uniform split λ_b
+        groups = record["depth"]["groups"] if record.get("depth") else None
         for budget in (int(b) for b in args.budgets.split(",") if b):
             student = load_compressed(out, dtype=torch.float32)
             report: dict[str, Any] = {"tokens": 0, "wall_s": 0.0}
@@ -125,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
             if budget:
                 teacher = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
                 ids, mask = training_windows(tokenizer, spec, args.text)
-                record = json.loads((out / "compression.json").read_text())
-                groups = record["depth"]["groups"] if record.get("depth") else None
                 pairs = layer_boundaries(student.config.num_hidden_layers, groups)
                 report = recover(student, teacher, ids, mask, spec, device, pairs, show_progress=True)
                 del teacher
